@@ -1,0 +1,12 @@
+"""Value heads selected with ``critic=<name>``: ``forward(tokens, state) -> (B,)`` values."""
+
+from __future__ import annotations
+from vla.errors import ConfigError
+
+
+def build_critic(cfg, token_dim: int, state_dim: int):
+    if cfg.name == "mlp":
+        from critics.mlp import MLPValueHead
+
+        return MLPValueHead(cfg, token_dim, state_dim)
+    raise ConfigError(f"critic.name={cfg.name!r} is not a known value head; known: ['mlp']")

@@ -1,0 +1,102 @@
+"""Env registry: ``make_env(cfg)`` and ``make_vector_env(cfg, ...)``, used by training and evaluation alike.
+
+An env builder is registered under a config ``kind`` and turns that kind's config into a gymnasium env that
+obeys the env contract (see ``envs.wrappers``). ``make_env`` adds the wrappers every env gets.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from typing import Any, Callable, Dict, Optional
+
+import gymnasium as gym
+
+from envs.wrappers import BoxToDictObservation, Snapshot, SuccessInfo, normalize_actions
+from vla.errors import ConfigError
+
+EnvBuilder = Callable[[Any, Optional[str]], gym.Env]
+_BUILDERS: Dict[str, EnvBuilder] = {}
+
+
+def register_env_kind(kind: str) -> Callable[[EnvBuilder], EnvBuilder]:
+    """Decorator: ``@register_env_kind("tabletop") def build(cfg, render_mode) -> gym.Env``."""
+
+    def decorator(builder: EnvBuilder) -> EnvBuilder:
+        _BUILDERS[kind] = builder
+        return builder
+
+    return decorator
+
+
+def env_kinds() -> list:
+    return sorted(_BUILDERS)
+
+
+@register_env_kind("gym")
+def _build_gym(cfg, render_mode: Optional[str]) -> gym.Env:
+    from envs.gym_tasks import SUCCESS_DISTANCES
+
+    if cfg.success is not None and cfg.success not in SUCCESS_DISTANCES:
+        raise ConfigError(
+            f"env.success={cfg.success!r} is not a known success check; choose one of "
+            f"{sorted(SUCCESS_DISTANCES)} or null"
+        )
+    try:
+        env = gym.make(cfg.id, render_mode=render_mode, **dict(cfg.kwargs))
+    except gym.error.Error as error:
+        raise ConfigError(f"env.id={cfg.id!r} could not be made by gymnasium: {error}") from error
+    env = BoxToDictObservation(env)
+    distance_fn = SUCCESS_DISTANCES.get(cfg.success) if cfg.success else None
+    return SuccessInfo(env, distance_fn, cfg.success_threshold, cfg.terminate_on_success)
+
+
+def make_env(cfg, render_mode: Optional[str] = None, vector_index: int = 0) -> gym.Env:
+    """One environment under the env contract, with actions normalized to [-1, 1]."""
+    if cfg.kind not in _BUILDERS:
+        raise ConfigError(f"env.kind={cfg.kind!r} is not registered; known kinds: {env_kinds()}")
+    env = _BUILDERS[cfg.kind](cfg, render_mode)
+    if cfg.max_episode_steps is not None:
+        env = TimeLimitOverride(env, cfg.max_episode_steps)
+    return Snapshot(normalize_actions(env), vector_index)
+
+
+class TimeLimitOverride(gym.wrappers.TimeLimit):
+    """Truncates at ``env.max_episode_steps`` (counts alongside any limit the env already has)."""
+
+
+_WORKER_STATE: Dict[str, Any] = {}
+
+
+def _worker_thunk(cfg, render_mode: Optional[str], vector_index: int) -> Callable[[], gym.Env]:
+    def thunk() -> gym.Env:
+        if multiprocessing.parent_process() is not None:
+            # In a worker process: one BLAS/OpenMP thread each, so N workers on N cores do not oversubscribe.
+            from threadpoolctl import threadpool_limits
+
+            _WORKER_STATE["thread_limits"] = threadpool_limits(1)
+            os.environ["OMP_NUM_THREADS"] = "1"
+        os.environ.setdefault("MUJOCO_GL", "egl")
+        return make_env(cfg, render_mode, vector_index)
+
+    return thunk
+
+
+def make_vector_env(cfg, num_envs: int, render_mode: Optional[str] = None,
+                    autoreset: bool = True) -> gym.vector.VectorEnv:
+    """``num_envs`` copies of ``make_env(cfg)``.
+
+    Async workers are started with ``forkserver`` (a robosuite camera env created in a ``fork``ed worker hung
+    on these machines); sync when ``num_envs == 1`` or ``cfg.vector_mode == "sync"``. Autoreset happens within
+    the step that ends an episode, with the final observation in ``info["final_obs"]`` so the trainer can
+    bootstrap from V(final observation) on truncation. ``autoreset=False`` leaves resets to the caller
+    (evaluation resets each finished env with the seed of its next episode).
+    """
+    if cfg.vector_mode not in ("async", "sync"):
+        raise ConfigError(f"env.vector_mode={cfg.vector_mode!r}; use 'async' or 'sync'")
+    thunks = [_worker_thunk(cfg, render_mode, i) for i in range(num_envs)]
+    mode = gym.vector.AutoresetMode
+    autoreset_mode = mode.SAME_STEP if autoreset else mode.DISABLED
+    if num_envs == 1 or cfg.vector_mode == "sync":
+        return gym.vector.SyncVectorEnv(thunks, autoreset_mode=autoreset_mode)
+    return gym.vector.AsyncVectorEnv(thunks, context="forkserver", autoreset_mode=autoreset_mode, shared_memory=False)

@@ -1,0 +1,136 @@
+"""Wrappers that put any environment under the framework's env contract.
+
+Contract (DESIGN.md): gymnasium API, ``Dict`` observation with ``state`` (float32 proprio) and optionally
+camera images (uint8 HxWx3) and ``instruction`` (str); ``info["success"]`` on every step; ``terminated`` and
+``truncated`` kept apart; actions normalized to [-1, 1] (the env's own bounds are mapped here and nowhere else).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+from gymnasium import spaces
+from gymnasium.wrappers import ClipAction, RescaleAction, TimeLimit
+
+from vla.errors import ConfigError
+
+
+class BoxToDictObservation(gym.ObservationWrapper):
+    """Presents a Box-observation env's observation as ``{"state": float32 vector}``."""
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        if not isinstance(env.observation_space, spaces.Box):
+            raise ConfigError(
+                f"the generic gym path needs a Box observation space, got {env.observation_space}; "
+                "write an env builder in envs/ that returns a Dict observation with a 'state' key"
+            )
+        box = env.observation_space
+        self.observation_space = spaces.Dict(
+            {"state": spaces.Box(-np.inf, np.inf, shape=(int(np.prod(box.shape)),), dtype=np.float32)}
+        )
+
+    def observation(self, observation):
+        return {"state": np.asarray(observation, dtype=np.float32).reshape(-1)}
+
+
+class SuccessInfo(gym.Wrapper):
+    """Adds ``info["success"]`` from a distance function and optionally terminates on success.
+
+    ``info["goal_distance"]`` carries the distance too, so logs can show how close failures came.
+    """
+
+    def __init__(
+        self,
+        env: gym.Env,
+        distance_fn: Optional[Callable[[gym.Env], float]],
+        threshold: float,
+        terminate_on_success: bool,
+    ):
+        super().__init__(env)
+        self._distance_fn = distance_fn
+        self._threshold = threshold
+        self._terminate_on_success = terminate_on_success
+
+    def _annotate(self, info: Dict[str, Any]) -> bool:
+        if "success" in info:  # the task reports its own success
+            success = bool(info["success"])
+        elif self._distance_fn is None:
+            success = False
+        else:
+            distance = self._distance_fn(self.env)
+            info["goal_distance"] = distance
+            success = distance < self._threshold
+        info["success"] = success
+        return success
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._annotate(info)
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if self._annotate(info) and self._terminate_on_success:
+            terminated = True
+        return obs, reward, terminated, truncated, info
+
+
+class Snapshot(gym.Wrapper):
+    """Outermost wrapper: captures and restores the exact simulator state for bit-exact resume.
+
+    Supported for MuJoCo-based envs (physics integration state via ``mj_getState``) together with the env's
+    random generator and the time-limit counter. ``get_snapshot`` returns None for envs it cannot capture; the
+    trainer then resets those envs on resume (and says so). ``vector_index`` is this env's place in its vector
+    env, so one broadcast ``restore_snapshot(all_snapshots)`` call restores every worker.
+    """
+
+    def __init__(self, env: gym.Env, vector_index: int = 0):
+        super().__init__(env)
+        self.vector_index = vector_index
+
+    def _time_limits(self) -> List[TimeLimit]:
+        limits, env = [], self.env
+        while isinstance(env, gym.Wrapper):
+            if isinstance(env, TimeLimit):
+                limits.append(env)
+            env = env.env
+        return limits
+
+    def get_snapshot(self) -> Optional[Dict[str, Any]]:
+        unwrapped = self.env.unwrapped
+        model, data = getattr(unwrapped, "model", None), getattr(unwrapped, "data", None)
+        if not isinstance(model, mujoco.MjModel) or not isinstance(data, mujoco.MjData):
+            return None
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        physics = np.empty(mujoco.mj_stateSize(model, spec), dtype=np.float64)
+        mujoco.mj_getState(model, data, physics, spec)
+        return {
+            "physics": physics.tolist(),
+            "np_random": unwrapped.np_random.bit_generator.state,
+            "elapsed_steps": [limit._elapsed_steps for limit in self._time_limits()],
+        }
+
+    def restore_snapshot(self, snapshots: List[Dict[str, Any]]) -> None:
+        snapshot = snapshots[self.vector_index]
+        unwrapped = self.env.unwrapped
+        physics = np.asarray(snapshot["physics"], dtype=np.float64)
+        mujoco.mj_setState(unwrapped.model, unwrapped.data, physics, mujoco.mjtState.mjSTATE_INTEGRATION)
+        unwrapped.np_random.bit_generator.state = snapshot["np_random"]
+        for limit, elapsed in zip(self._time_limits(), snapshot["elapsed_steps"]):
+            limit._elapsed_steps = elapsed
+
+
+def normalize_actions(env: gym.Env) -> gym.Env:
+    """The one place where the env's action bounds are mapped: the policy acts in [-1, 1]^d.
+
+    Actions outside [-1, 1] (a Gaussian sample) are clipped before rescaling to the env's [low, high].
+    """
+    if not isinstance(env.action_space, spaces.Box):
+        raise ConfigError(f"only continuous (Box) action spaces are supported, got {env.action_space}")
+    if np.all(env.action_space.low == -1.0) and np.all(env.action_space.high == 1.0):
+        return ClipAction(env)
+    return ClipAction(RescaleAction(env, -1.0, 1.0))

@@ -1,0 +1,42 @@
+"""Gaussian action expert: a diagonal Normal over normalized actions in [-1, 1].
+
+Samples are unbounded; the env wrapper clips them to [-1, 1] before mapping to the env's bounds, and the
+log-probability is that of the unclipped sample (the standard PPO treatment, as in CleanRL and SB3).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.distributions import Independent, Normal
+
+from vla.backbones.base import Tokens
+from vla.nn import init_layer, mlp, pool_tokens
+
+
+class GaussianMLPExpert(nn.Module):
+    def __init__(self, cfg, token_dim: int, state_dim: int, action_dim: int):
+        super().__init__()
+        self.pooling = cfg.pooling
+        self.log_std_min, self.log_std_max = cfg.log_std_min, cfg.log_std_max
+        self.state_dependent_std = cfg.state_dependent_std
+        self.body = mlp(token_dim + state_dim, cfg.hidden_sizes, cfg.activation, activate_last=True)
+        width = cfg.hidden_sizes[-1] if cfg.hidden_sizes else token_dim + state_dim
+        # Small output gain: the initial policy is near-zero-mean, so early actions do not saturate.
+        self.mean = init_layer(nn.Linear(width, action_dim), 0.01)
+        if cfg.state_dependent_std:
+            self.log_std = init_layer(nn.Linear(width, action_dim), 0.01, bias=cfg.log_std_init)
+        else:
+            self.log_std = nn.Parameter(torch.full((action_dim,), float(cfg.log_std_init)))
+
+    def forward(self, tokens: Tokens, state: Optional[torch.Tensor]) -> Independent:
+        x = pool_tokens(tokens.hidden, tokens.mask, self.pooling)
+        if state is not None:
+            x = torch.cat([x, state], dim=-1)
+        features = self.body(x)
+        mean = self.mean(features)
+        log_std = self.log_std(features) if self.state_dependent_std else self.log_std.expand_as(mean)
+        log_std = log_std.clamp(self.log_std_min, self.log_std_max)
+        return Independent(Normal(mean, log_std.exp()), 1)

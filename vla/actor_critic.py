@@ -1,0 +1,131 @@
+"""The actor-critic assembly: backbone -> tokens H -> (action expert, value head).
+
+When nothing in the backbone trains, the tokens a rollout step produced are what the PPO update reads
+(feature caching): the backbone runs once per env step and never during the update epochs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from critics import build_critic
+from policies import build_policy
+from vla.backbones import Backbone, Tokens, build_backbone
+from vla.checkpoint import CheckpointError
+from vla.normalize import RunningMeanStd
+
+
+@dataclass
+class ActOutput:
+    action: torch.Tensor  # (B, A) normalized action sample (or mean when deterministic)
+    log_prob: torch.Tensor  # (B,)
+    value: torch.Tensor  # (B,)
+    update_inputs: Dict[str, torch.Tensor]  # what the PPO update needs to re-evaluate this step
+
+
+class ActorCritic(nn.Module):
+    def __init__(self, backbone: Backbone, expert: nn.Module, critic: nn.Module, state_dim: int,
+                 norm_state: bool, clip: float):
+        super().__init__()
+        self.backbone = backbone
+        self.expert = expert
+        self.critic = critic
+        self.norm_state = norm_state
+        self.clip = clip
+        self.state_rms = RunningMeanStd(shape=(state_dim,))
+
+    @classmethod
+    def from_config(cls, cfg, observation_space, action_space) -> "ActorCritic":
+        backbone = build_backbone(cfg.backbone, observation_space)
+        state_dim = int(observation_space["state"].shape[0])
+        action_dim = int(np.prod(action_space.shape))
+        head_state_dim = 0 if backbone.encodes_state else state_dim
+        expert = build_policy(cfg.policy, backbone.hidden_size, head_state_dim, action_dim)
+        critic = build_critic(cfg.critic, backbone.hidden_size, head_state_dim)
+        return cls(backbone, expert, critic, state_dim, cfg.algo.norm_state, cfg.algo.clip_norm)
+
+    # ----------------------------------------------------------------------------------------- parameters
+    def actor_parameters(self) -> List[nn.Parameter]:
+        return [p for p in self.expert.parameters() if p.requires_grad] + self.backbone.trainable_parameters()
+
+    def critic_parameters(self) -> List[nn.Parameter]:
+        return [p for p in self.critic.parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
+        """What a checkpoint holds: heads, normalizer statistics and the backbone's trainable weights only
+        (frozen backbone weights are reloaded from the backbone's own source)."""
+        trainable_backbone = {f"backbone.{n}" for n, p in self.backbone.named_parameters() if p.requires_grad}
+        return {
+            name: tensor
+            for name, tensor in self.state_dict().items()
+            if not name.startswith("backbone.") or name in trainable_backbone
+        }
+
+    def load_trainable_state_dict(self, weights: Dict[str, torch.Tensor], source: str) -> None:
+        """Load what ``trainable_state_dict`` saved; refuse weights made for a different model, naming them."""
+        expected = self.trainable_state_dict()
+        missing = sorted(set(expected) - set(weights))
+        unexpected = sorted(set(weights) - set(expected))
+        wrong_shape = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
+        if missing or unexpected or wrong_shape:
+            raise CheckpointError(
+                f"checkpoint {source} holds weights for a different model (missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}, wrong shape {wrong_shape[:5]}); load it with the backbone, "
+                "policy and critic config it was trained with")
+        self.load_state_dict(weights, strict=False)
+
+    # ------------------------------------------------------------------------------------------- forward
+    def to_tensors(self, obs: Mapping[str, np.ndarray], update_stats: bool = False) -> Dict[str, torch.Tensor]:
+        """Numpy observation batch -> tensors on the model's device, state normalized (stats updated if asked)."""
+        device = self.state_rms.mean.device
+        out = {}
+        for key, value in obs.items():
+            if isinstance(value, np.ndarray):
+                out[key] = torch.as_tensor(value, device=device)
+        state = out["state"].float()
+        if self.norm_state:
+            if update_stats:
+                self.state_rms.update(state)
+            state = self.state_rms.normalize(state, self.clip)
+        out["state"] = state
+        return out
+
+    def encode(self, obs: Dict[str, torch.Tensor]) -> Tokens:
+        if self.backbone.is_trainable:
+            return self.backbone.encode(obs)
+        with torch.no_grad():
+            return self.backbone.encode(obs)
+
+    def heads(self, tokens: Tokens, state: torch.Tensor):
+        head_state = None if self.backbone.encodes_state else state
+        return self.expert(tokens, head_state), self.critic(tokens, head_state)
+
+    @torch.no_grad()
+    def act(self, obs: Dict[str, torch.Tensor], deterministic: bool = False) -> ActOutput:
+        tokens = self.encode(obs)
+        dist, value = self.heads(tokens, obs["state"])
+        action = dist.mean if deterministic else dist.sample()
+        if self.backbone.is_trainable:
+            inputs = dict(obs)
+        else:  # feature caching: the update re-reads these tokens instead of running the backbone again
+            inputs = {"hidden": tokens.hidden, "mask": tokens.mask, "state": obs["state"]}
+        return ActOutput(action, dist.log_prob(action), value, inputs)
+
+    @torch.no_grad()
+    def value(self, obs: Dict[str, torch.Tensor]) -> torch.Tensor:
+        tokens = self.encode(obs)
+        return self.heads(tokens, obs["state"])[1]
+
+    def evaluate(self, inputs: Dict[str, torch.Tensor], actions: torch.Tensor):
+        """Log-prob and entropy of ``actions`` and V(s) for stored rollout inputs, with gradients."""
+        if "hidden" in inputs:
+            tokens = Tokens(inputs["hidden"], inputs["mask"])
+        else:
+            tokens = self.encode(inputs)
+        dist, value = self.heads(tokens, inputs["state"])
+        return dist.log_prob(actions), dist.entropy(), value, dist

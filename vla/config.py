@@ -1,0 +1,223 @@
+"""Structured configs: one dataclass per config group, stored in hydra's ConfigStore.
+
+Every YAML file under ``conf/`` starts from one of these schemas (its ``defaults`` list names the schema), so a
+misspelled key or a value of the wrong type fails when hydra composes the config, before anything runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+# ----------------------------------------------------------------------------------------------------- env
+@dataclass
+class EnvConfig:
+    """Fields every environment shares. ``kind`` picks the builder in ``envs.registry``."""
+
+    kind: str = MISSING
+    # Steps before the episode is truncated (None: the environment's own limit).
+    max_episode_steps: Optional[int] = None
+    # "async": one forkserver worker process per env; "sync": all envs step in the trainer process
+    # (faster for cheap state-only simulators, where inter-process messages cost more than the physics).
+    vector_mode: str = "async"
+    # End the episode (terminated=True) on the first step where info["success"] is true.
+    terminate_on_success: bool = False
+
+
+@dataclass
+class GymEnvConfig(EnvConfig):
+    """Any gymnasium env id with a Box observation; the state becomes ``obs["state"]``."""
+
+    kind: str = "gym"
+    id: str = MISSING
+    # Keyword arguments passed to gymnasium.make.
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    # Name of a success check in envs.gym_tasks (None: info["success"] is always False).
+    success: Optional[str] = None
+    # Distance (metres) under which the success check counts the goal as reached.
+    success_threshold: float = 0.05
+
+
+# ------------------------------------------------------------------------------------------------ backbone
+@dataclass
+class BackboneConfig:
+    name: str = MISSING
+
+
+@dataclass
+class StateBackboneConfig(BackboneConfig):
+    """Tokens from the (normalized) state vector alone."""
+
+    name: str = "state"
+    # "identity": the normalized state is the single token (no parameters; the heads see the state directly).
+    # "mlp": a trainable MLP maps the state to one token of width hidden_size, shared by actor and critic.
+    mode: str = "identity"
+    hidden_size: int = 64
+    num_layers: int = 2
+    activation: str = "tanh"
+
+
+# -------------------------------------------------------------------------------------------------- policy
+@dataclass
+class PolicyConfig:
+    name: str = MISSING
+
+
+@dataclass
+class GaussianMLPPolicyConfig(PolicyConfig):
+    """Diagonal Gaussian over normalized actions; mean from an MLP over the pooled backbone tokens."""
+
+    name: str = "gaussian_mlp"
+    hidden_sizes: List[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"
+    # How the token sequence becomes one vector: "mean" over valid tokens or the "last" valid token.
+    pooling: str = "mean"
+    # Initial log standard deviation of every action dimension.
+    log_std_init: float = 0.0
+    # False: log-std is a free parameter (state-independent); True: a second output of the MLP.
+    state_dependent_std: bool = False
+    log_std_min: float = -5.0
+    log_std_max: float = 2.0
+
+
+# -------------------------------------------------------------------------------------------------- critic
+@dataclass
+class CriticConfig:
+    name: str = MISSING
+
+
+@dataclass
+class MLPCriticConfig(CriticConfig):
+    """Value head: an MLP over the pooled backbone tokens (plus the state when the backbone does not encode it)."""
+
+    name: str = "mlp"
+    hidden_sizes: List[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"
+    pooling: str = "mean"
+
+
+# ---------------------------------------------------------------------------------------------------- algo
+@dataclass
+class AlgoConfig:
+    name: str = MISSING
+
+
+@dataclass
+class PPOConfig(AlgoConfig):
+    name: str = "ppo"
+    # Steps each env collects per rollout; the batch is num_steps * num_envs transitions.
+    num_steps: int = 256
+    # Discount factor.
+    gamma: float = 0.99
+    # GAE lambda (bias/variance trade-off of the advantage estimate).
+    gae_lambda: float = 0.95
+    # Passes over each rollout batch.
+    update_epochs: int = 10
+    # Minibatches per epoch.
+    num_minibatches: int = 32
+    # Policy ratio clip range.
+    clip_coef: float = 0.2
+    # Clip the value update around the old value by clip_coef as well.
+    clip_vloss: bool = False
+    # Weight of the value loss.
+    vf_coef: float = 0.5
+    # Weight of the entropy bonus.
+    ent_coef: float = 0.0
+    # Global gradient-norm clip.
+    max_grad_norm: float = 0.5
+    # Adam learning rate of the actor (expert and any trainable backbone part).
+    learning_rate: float = 3e-4
+    # Adam learning rate of the value head (None: same as learning_rate).
+    value_learning_rate: Optional[float] = None
+    adam_eps: float = 1e-5
+    # Anneal both learning rates linearly to zero over the run.
+    anneal_lr: bool = True
+    # Stop the epochs of an update once the approximate KL exceeds 1.5 * target_kl (None: never).
+    target_kl: Optional[float] = None
+    # Normalize advantages within each minibatch.
+    norm_adv: bool = True
+    # Scale rewards by a running std of the discounted return.
+    norm_reward: bool = True
+    # Normalize the state vector with running mean/std.
+    norm_state: bool = True
+    # Clip normalized rewards and states to +-this.
+    clip_norm: float = 10.0
+    # Updates at the start where only the value head trains (actor weights untouched).
+    critic_warmup_updates: int = 0
+
+
+# ------------------------------------------------------------------------------------------- the whole run
+@dataclass
+class CheckpointConfig:
+    # Write a checkpoint every this many updates (and always at the end).
+    every_updates: int = 10
+    # How many recent checkpoints to keep on disk.
+    keep: int = 3
+
+
+@dataclass
+class EvalConfig:
+    # Evaluate every this many updates during training (0: only at the end).
+    every_updates: int = 0
+    # Episodes per evaluation.
+    episodes: int = 20
+    # Act with the mean action (False: sample).
+    deterministic: bool = True
+    # Run an evaluation after training ends.
+    at_end: bool = True
+
+
+@dataclass
+class TrainConfig:
+    env: EnvConfig = MISSING
+    backbone: BackboneConfig = MISSING
+    policy: PolicyConfig = MISSING
+    critic: CriticConfig = MISSING
+    algo: AlgoConfig = MISSING
+    experiment: Optional[str] = None
+    seed: int = 0
+    num_envs: int = 8
+    total_env_steps: int = 200_000
+    # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
+    device: str = "auto"
+    # Torch threads of the trainer process (None: torch's default).
+    torch_threads: Optional[int] = None
+    # Make torch pick deterministic kernels (slower on GPU).
+    deterministic_torch: bool = False
+    # Continue a run from a checkpoint directory or a run directory (its latest checkpoint).
+    resume: Optional[str] = None
+    # Print a console progress bar.
+    progress: bool = True
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass
+class EvalRunConfig:
+    """``vla-eval``: evaluate a checkpoint; env/backbone overrides are applied on top of the checkpoint's config."""
+
+    checkpoint: str = MISSING
+    episodes: int = 20
+    deterministic: bool = True
+    num_envs: int = 4
+    # Seed of the first evaluation episode; episode i uses seed + i, so reports are reproducible.
+    seed: int = 100_000
+    device: str = "auto"
+    # Override the env config stored in the checkpoint (None: evaluate on the training env).
+    env: Optional[Dict[str, Any]] = None
+    progress: bool = True
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="eval_schema", node=EvalRunConfig)
+    cs.store(group="env", name="gym_schema", node=GymEnvConfig)
+    cs.store(group="backbone", name="state_schema", node=StateBackboneConfig)
+    cs.store(group="policy", name="gaussian_mlp_schema", node=GaussianMLPPolicyConfig)
+    cs.store(group="critic", name="mlp_schema", node=MLPCriticConfig)
+    cs.store(group="algo", name="ppo_schema", node=PPOConfig)

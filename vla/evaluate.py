@@ -1,0 +1,183 @@
+"""Sim evaluation: N episodes on a fixed, reproducible list of seeds, in parallel envs, with a report.
+
+Episode ``i`` always starts from ``env.reset(seed=seed + i)``, whatever ``num_envs`` is, so two evaluations of
+the same checkpoint with the same settings see the same initial states (and, deterministic by default, give
+the same report).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from envs import make_env, make_vector_env
+from vla import checkpoint as ckpt
+from vla.actor_critic import ActorCritic
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> Tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion (well-behaved at 0 and n successes, small n)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def run_episodes(model: ActorCritic, env_cfg, episodes: int, seed: int, num_envs: int, deterministic: bool,
+                 progress: bool = False) -> List[Dict[str, Any]]:
+    """Roll out ``episodes`` episodes; returns one row per episode, ordered by episode index."""
+    num_envs = max(1, min(num_envs, episodes))
+    envs = make_vector_env(env_cfg, num_envs, autoreset=False)
+    rows: List[Optional[Dict[str, Any]]] = [None] * episodes
+    try:
+        obs, info = envs.reset(seed=[seed + i for i in range(num_envs)])
+        assigned = list(range(num_envs))  # episode index each env is running (>= episodes: a throwaway)
+        next_episode = num_envs
+        returns, lengths = np.zeros(num_envs), np.zeros(num_envs, dtype=np.int64)
+        instructions = _instructions(obs, num_envs)
+        tasks = _tasks(info, env_cfg, num_envs)
+        bar = tqdm(total=episodes, desc="eval", unit="ep", disable=not progress, dynamic_ncols=True)
+        model.eval()
+        while any(row is None for row in rows):
+            out = model.act(model.to_tensors(obs), deterministic=deterministic)
+            obs, reward, terminated, truncated, info = envs.step(out.action.cpu().numpy())
+            returns += reward
+            lengths += 1
+            done = terminated | truncated
+            if not done.any():
+                continue
+            success = np.asarray(info.get("success", np.zeros(num_envs, dtype=bool)), dtype=bool)
+            reset_seeds: List[Optional[int]] = [None] * num_envs
+            for i in np.flatnonzero(done):
+                episode = assigned[i]
+                if episode < episodes:
+                    rows[episode] = {
+                        "episode": episode, "seed": seed + episode, "success": bool(success[i]),
+                        "length": int(lengths[i]), "return": float(returns[i]),
+                        "terminated": bool(terminated[i]), "task": tasks[i], "instruction": instructions[i],
+                    }
+                    bar.update(1)
+                assigned[i] = next_episode
+                reset_seeds[i] = seed + next_episode
+                next_episode += 1
+                returns[i], lengths[i] = 0.0, 0
+            obs, info = envs.reset(seed=reset_seeds, options={"reset_mask": done})
+            new_instructions, new_tasks = _instructions(obs, num_envs), _tasks(info, env_cfg, num_envs)
+            for i in np.flatnonzero(done):
+                instructions[i], tasks[i] = new_instructions[i], new_tasks[i]
+        bar.close()
+    finally:
+        envs.close()
+    return rows  # type: ignore[return-value]
+
+
+def _instructions(obs: Dict[str, Any], num_envs: int) -> List[Optional[str]]:
+    if "instruction" in obs:
+        return [str(text) for text in obs["instruction"]]
+    return [None] * num_envs
+
+
+def _tasks(info: Dict[str, Any], env_cfg, num_envs: int) -> List[str]:
+    if "task" in info:
+        return [str(task) for task in info["task"]]
+    return [str(env_cfg.get("id", env_cfg.kind))] * num_envs
+
+
+def summarize(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Success rate (with Wilson 95% interval), lengths and returns of a list of episode rows."""
+    n = len(rows)
+    successes = sum(r["success"] for r in rows)
+    successful_lengths = [r["length"] for r in rows if r["success"]]
+    low, high = wilson_interval(successes, n)
+    return {
+        "episodes": n,
+        "success_rate": successes / n if n else 0.0,
+        "success_ci95": [low, high],
+        "episode_length_mean": float(np.mean([r["length"] for r in rows])) if n else 0.0,
+        "episode_length_success_mean": float(np.mean(successful_lengths)) if successful_lengths else None,
+        "episode_return_mean": float(np.mean([r["return"] for r in rows])) if n else 0.0,
+        "episode_return_std": float(np.std([r["return"] for r in rows])) if n else 0.0,
+    }
+
+
+def build_report(rows: List[Dict[str, Any]], *, checkpoint: Dict[str, Any], config: Dict[str, Any],
+                 deterministic: bool, seed: int) -> Dict[str, Any]:
+    per_task, per_instruction = defaultdict(list), defaultdict(list)
+    for row in rows:
+        per_task[row["task"]].append(row)
+        if row["instruction"] is not None:
+            per_instruction[row["instruction"]].append(row)
+    return {
+        **summarize(rows),
+        "deterministic": deterministic,
+        "seeds": [seed, seed + len(rows) - 1],
+        "per_task": [{"task": task, **summarize(group)} for task, group in sorted(per_task.items())],
+        "per_instruction": [{"instruction": text, **summarize(group)}
+                            for text, group in sorted(per_instruction.items())],
+        "checkpoint": checkpoint,
+        "config": config,
+        "episode_rows": rows,
+    }
+
+
+def report_markdown(report: Dict[str, Any]) -> str:
+    low, high = report["success_ci95"]
+    length_success = report["episode_length_success_mean"]
+    lines = [
+        "# Evaluation report",
+        "",
+        f"- checkpoint: `{report['checkpoint'].get('path')}` (env step {report['checkpoint'].get('global_step')})",
+        f"- episodes: {report['episodes']} (seeds {report['seeds'][0]}..{report['seeds'][1]}, "
+        f"{'deterministic mean action' if report['deterministic'] else 'sampled actions'})",
+        f"- **success rate: {report['success_rate']:.1%}** (95% Wilson interval {low:.1%} to {high:.1%})",
+        f"- episode length: {report['episode_length_mean']:.1f} mean"
+        + (f", {length_success:.1f} over successful episodes" if length_success is not None else ""),
+        f"- episode return: {report['episode_return_mean']:.2f} mean (std {report['episode_return_std']:.2f})",
+        "",
+        "| task | episodes | success rate | 95% CI | length | return |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in report["per_task"]:
+        lines.append(f"| {row['task']} | {row['episodes']} | {row['success_rate']:.1%} | "
+                     f"{row['success_ci95'][0]:.1%}-{row['success_ci95'][1]:.1%} | "
+                     f"{row['episode_length_mean']:.1f} | {row['episode_return_mean']:.2f} |")
+    if report["per_instruction"]:
+        lines += ["", "| instruction | episodes | success rate |", "|---|---|---|"]
+        for row in report["per_instruction"]:
+            lines.append(f"| {row['instruction']} | {row['episodes']} | {row['success_rate']:.1%} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: Dict[str, Any], out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.write_text_atomic(out_dir / "report.json", json.dumps(report, indent=2))
+    ckpt.write_text_atomic(out_dir / "report.md", report_markdown(report))
+    return out_dir / "report.json"
+
+
+def load_policy(checkpoint_path: str, device: torch.device) -> Tuple[ActorCritic, DictConfig, Dict[str, Any]]:
+    """Rebuild the actor-critic a checkpoint was trained with and load its weights (refusing mismatches)."""
+    loaded = ckpt.load_checkpoint(checkpoint_path)
+    train_cfg = OmegaConf.create(loaded["config_yaml"])
+    probe = make_env(train_cfg.env)
+    obs_space, action_space = probe.observation_space, probe.action_space
+    probe.close()
+    model = ActorCritic.from_config(train_cfg, obs_space, action_space)
+    ckpt.check_compatible(loaded["state"], backbone_identity=model.backbone.identity(),
+                          state_dim=int(obs_space["state"].shape[0]),
+                          action_dim=int(np.prod(action_space.shape)), path=loaded["path"])
+    model.load_trainable_state_dict(loaded["weights"], str(loaded["path"]))
+    identity = {"path": str(loaded["path"]), "global_step": loaded["state"]["global_step"],
+                "update": loaded["state"]["update_index"], "backbone": loaded["state"]["backbone"]}
+    return model.to(device), train_cfg, identity

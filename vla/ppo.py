@@ -1,0 +1,209 @@
+"""PPO: rollout storage, GAE, the clipped loss and the update, written to read top to bottom like the paper
+(Schulman et al., 2017) with the implementation details that decide whether it learns (Huang et al., 2022)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+from vla.actor_critic import ActorCritic
+
+
+class RolloutStorage:
+    """Fixed-size (num_steps, num_envs) buffers, allocated on the first ``add`` from the shapes seen."""
+
+    def __init__(self, num_steps: int, num_envs: int, device: torch.device):
+        self.num_steps, self.num_envs, self.device = num_steps, num_envs, device
+        self.data: Dict[str, torch.Tensor] = {}
+        self.step = 0
+
+    def add(self, **fields: torch.Tensor) -> None:
+        for key, value in fields.items():
+            if key not in self.data:
+                self.data[key] = torch.zeros((self.num_steps, *value.shape), dtype=value.dtype, device=self.device)
+            self.data[key][self.step] = value
+        self.step += 1
+
+    def set(self, key: str, step: int, value: torch.Tensor) -> None:
+        self.data[key][step] = value
+
+    def reset(self) -> None:
+        self.step = 0
+
+    def flat(self, key: str) -> torch.Tensor:
+        """(num_steps, num_envs, ...) -> (num_steps * num_envs, ...)."""
+        value = self.data[key]
+        return value.reshape(-1, *value.shape[2:])
+
+
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, terminated: torch.Tensor, truncated: torch.Tensor,
+                final_values: torch.Tensor, next_value: torch.Tensor, gamma: float, gae_lambda: float):
+    """Generalized advantage estimation over a (T, N) rollout.
+
+    Step t's transition ends its episode when ``terminated[t]`` or ``truncated[t]``. Its successor value is
+    0 on termination (the episode really ended), V(final observation) = ``final_values[t]`` on truncation (the
+    episode was cut by a time limit; the task would have gone on), and otherwise V(s_{t+1}) = ``values[t+1]``
+    (``next_value`` after the last step). Advantages never flow across an episode boundary.
+    Returns (advantages, returns), each (T, N).
+    """
+    num_steps = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(next_value)
+    for t in reversed(range(num_steps)):
+        following = next_value if t == num_steps - 1 else values[t + 1]
+        ended = torch.logical_or(terminated[t], truncated[t]).to(rewards.dtype)
+        successor = torch.where(truncated[t] & ~terminated[t], final_values[t], following * (1.0 - ended))
+        delta = rewards[t] + gamma * successor - values[t]
+        running = delta + gamma * gae_lambda * (1.0 - ended) * running
+        advantages[t] = running
+    return advantages, advantages + values
+
+
+def clipped_policy_loss(new_log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
+                        clip_coef: float) -> torch.Tensor:
+    """PPO's pessimistic surrogate, as a loss: mean of max(-A r, -A clip(r, 1-eps, 1+eps))."""
+    ratio = (new_log_prob - old_log_prob).exp()
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_coef, 1.0 + clip_coef)
+    return torch.max(unclipped, clipped).mean()
+
+
+def value_loss(new_value: torch.Tensor, old_value: torch.Tensor, returns: torch.Tensor,
+               clip_coef: Optional[float]) -> torch.Tensor:
+    """0.5 * squared error; with ``clip_coef`` the pessimistic max against the value clipped near the old one."""
+    unclipped = (new_value - returns).pow(2)
+    if clip_coef is None:
+        return 0.5 * unclipped.mean()
+    clipped_value = old_value + (new_value - old_value).clamp(-clip_coef, clip_coef)
+    return 0.5 * torch.max(unclipped, (clipped_value - returns).pow(2)).mean()
+
+
+def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
+    """1 - Var(target - predicted) / Var(target): 1 is perfect, 0 is no better than a constant."""
+    target_var = target.var()
+    if target_var == 0:
+        return float("nan")
+    return float(1.0 - (target - predicted).var() / target_var)
+
+
+@dataclass
+class UpdateStats:
+    policy_loss: float
+    value_loss: float
+    entropy: float
+    approx_kl: float
+    clip_fraction: float
+    explained_variance: float
+    grad_norm: float
+    action_std: float
+    epochs: float  # epochs completed (fractional when the KL early stop fired mid-epoch)
+    skipped_steps: int  # optimizer steps skipped because the loss or gradients were not finite
+    early_stopped: bool
+
+
+class PPO:
+    def __init__(self, cfg, model: ActorCritic):
+        self.cfg = cfg
+        self.model = model
+        value_lr = cfg.value_learning_rate if cfg.value_learning_rate is not None else cfg.learning_rate
+        self.optimizer = torch.optim.Adam(
+            [
+                {"params": model.actor_parameters(), "lr": cfg.learning_rate, "name": "actor"},
+                {"params": model.critic_parameters(), "lr": value_lr, "name": "critic"},
+            ],
+            eps=cfg.adam_eps,
+        )
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+
+    def set_progress(self, fraction_done: float) -> None:
+        """Linear learning-rate annealing from the configured rates to zero."""
+        scale = 1.0 - fraction_done if self.cfg.anneal_lr else 1.0
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * scale
+
+    def update(self, storage: RolloutStorage, advantages: torch.Tensor, returns: torch.Tensor,
+               critic_only: bool = False) -> UpdateStats:
+        """``critic_only``: critic warm-up, the value head trains and the actor's weights stay bit-identical."""
+        cfg = self.cfg
+        inputs = {key[len("in/"):]: storage.flat(key) for key in storage.data if key.startswith("in/")}
+        actions, old_log_prob = storage.flat("action"), storage.flat("log_prob")
+        old_values = storage.flat("value")
+        flat_adv, flat_returns = advantages.reshape(-1), returns.reshape(-1)
+        batch_size = flat_adv.shape[0]
+        minibatch_size = max(1, batch_size // cfg.num_minibatches)
+        actor_params = self.model.actor_parameters()
+        all_params = [p for group in self.optimizer.param_groups for p in group["params"]]
+
+        sums: Dict[str, float] = {k: 0.0 for k in ("policy", "value", "entropy", "kl", "clip", "grad", "std")}
+        count, skipped, early_stopped, epochs_done = 0, 0, False, 0.0
+        for epoch in range(cfg.update_epochs):
+            order = torch.randperm(batch_size, device=flat_adv.device)
+            starts = list(range(0, batch_size - minibatch_size + 1, minibatch_size))
+            for i, start in enumerate(starts):
+                idx = order[start:start + minibatch_size]
+                mb_inputs = {key: value[idx] for key, value in inputs.items()}
+                new_log_prob, entropy, new_value, dist = self.model.evaluate(mb_inputs, actions[idx])
+                log_ratio = new_log_prob - old_log_prob[idx]
+                with torch.no_grad():
+                    # Schulman's low-variance estimator of KL(old || new).
+                    approx_kl = float(((log_ratio.exp() - 1) - log_ratio).mean())
+                    clip_fraction = float(((log_ratio.exp() - 1.0).abs() > cfg.clip_coef).float().mean())
+                if cfg.target_kl is not None and approx_kl > 1.5 * cfg.target_kl and not critic_only:
+                    early_stopped = True
+                    break
+
+                mb_adv = flat_adv[idx]
+                if cfg.norm_adv and mb_adv.numel() > 1:
+                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
+                pg_loss = clipped_policy_loss(new_log_prob, old_log_prob[idx], mb_adv, cfg.clip_coef)
+                v_loss = value_loss(new_value, old_values[idx], flat_returns[idx],
+                                    cfg.clip_coef if cfg.clip_vloss else None)
+                entropy_mean = entropy.mean()
+                if critic_only:
+                    loss = cfg.vf_coef * v_loss
+                else:
+                    loss = pg_loss - cfg.ent_coef * entropy_mean + cfg.vf_coef * v_loss
+
+                self.optimizer.zero_grad(set_to_none=True)
+                if not torch.isfinite(loss):
+                    skipped += 1
+                    continue
+                loss.backward()
+                if critic_only:
+                    for p in actor_params:
+                        p.grad = None  # Adam skips parameters without gradients: the actor stays bit-identical
+                grad_norm = nn.utils.clip_grad_norm_([p for p in all_params if p.grad is not None],
+                                                     cfg.max_grad_norm)
+                if not torch.isfinite(grad_norm):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    continue
+                self.optimizer.step()
+
+                count += 1
+                sums["policy"] += pg_loss.item()
+                sums["value"] += v_loss.item()
+                sums["entropy"] += entropy_mean.item()
+                sums["kl"] += approx_kl
+                sums["clip"] += clip_fraction
+                sums["grad"] += float(grad_norm)
+                sums["std"] += float(dist.base_dist.scale.mean()) if hasattr(dist, "base_dist") else float("nan")
+            if early_stopped:
+                epochs_done = epoch + i / max(1, len(starts))
+                break
+            epochs_done = epoch + 1.0
+
+        n = max(count, 1)
+        return UpdateStats(
+            policy_loss=sums["policy"] / n, value_loss=sums["value"] / n, entropy=sums["entropy"] / n,
+            approx_kl=sums["kl"] / n, clip_fraction=sums["clip"] / n,
+            explained_variance=explained_variance(old_values, flat_returns),
+            grad_norm=sums["grad"] / n, action_std=sums["std"] / n, epochs=epochs_done,
+            skipped_steps=skipped, early_stopped=early_stopped,
+        )
+
+    def parameter_groups(self) -> List[str]:
+        return [group["name"] for group in self.optimizer.param_groups]
