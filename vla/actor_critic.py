@@ -17,6 +17,7 @@ from critics import build_critic
 from policies import build_policy
 from vla.backbones import Backbone, Tokens, build_backbone
 from vla.checkpoint import CheckpointError
+from vla.errors import ConfigError
 from vla.normalize import RunningMeanStd
 
 
@@ -38,6 +39,10 @@ class ActorCritic(nn.Module):
         self.norm_state = norm_state
         self.clip = clip
         self.state_rms = RunningMeanStd(shape=(state_dim,))
+        # Each distinct instruction gets an id the first time it is seen; observations carry the id, and
+        # backbones look the text up (and cache its encoding) by id: text is encoded once per instruction.
+        self.instruction_ids: Dict[str, int] = {}
+        self.backbone.instruction_texts = []
 
     @classmethod
     def from_config(cls, cfg, observation_space, action_space) -> "ActorCritic":
@@ -80,12 +85,24 @@ class ActorCritic(nn.Module):
         self.load_state_dict(weights, strict=False)
 
     # ------------------------------------------------------------------------------------------- forward
+    def instruction_id(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise ConfigError(f"observation 'instruction' must be a str, got {type(text).__name__}: {text!r}")
+        if text not in self.instruction_ids:
+            self.instruction_ids[text] = len(self.instruction_ids)
+            self.backbone.instruction_texts.append(text)
+        return self.instruction_ids[text]
+
     def to_tensors(self, obs: Mapping[str, np.ndarray], update_stats: bool = False) -> Dict[str, torch.Tensor]:
-        """Numpy observation batch -> tensors on the model's device, state normalized (stats updated if asked)."""
+        """Numpy observation batch -> tensors on the model's device: state normalized (stats updated if asked),
+        images as uint8 (B, H, W, 3), instructions as ``instruction_id`` (B,) into ``backbone.instruction_texts``."""
         device = self.state_rms.mean.device
         out = {}
         for key, value in obs.items():
-            if isinstance(value, np.ndarray):
+            if key == "instruction":
+                ids = [self.instruction_id(text) for text in value]
+                out["instruction_id"] = torch.as_tensor(ids, dtype=torch.long, device=device)
+            elif isinstance(value, np.ndarray):
                 out[key] = torch.as_tensor(value, device=device)
         state = out["state"].float()
         if self.norm_state:

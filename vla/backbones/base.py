@@ -24,13 +24,15 @@ class Backbone(nn.Module):
     """Base class of backbones.
 
     ``encode`` receives a batch of observations as a dict of tensors: ``state`` (B, S) already normalized,
-    camera images (B, H, W, 3) uint8, and the instruction as provided by the trainer. Subclasses set
-    ``hidden_size`` and ``encodes_state`` (True when the tokens already carry the state vector, so the heads
-    need not read it again).
+    camera images (B, H, W, 3) uint8 under the env's image keys, and ``instruction_id`` (B,) indexing
+    ``self.instruction_texts`` (filled by the actor-critic; the same text always has the same id, so an
+    encoding can be cached per id). Subclasses set ``hidden_size`` and ``encodes_state`` (True when the tokens
+    already carry the state vector, so the heads need not read it again).
     """
 
     hidden_size: int
     encodes_state: bool = False
+    instruction_texts: List[str]
 
     def encode(self, obs: Dict[str, torch.Tensor]) -> Tokens:
         raise NotImplementedError
