@@ -53,6 +53,9 @@ class TabletopEnvConfig(EnvConfig):
     num_objects: int = 3
     # Camera observations (uint8 HxWx3 under obs["image"]); False: state only.
     use_camera: bool = True
+    # "front" (over the table, facing the robot's workspace) and/or "wrist" (rides on the gripper). The first
+    # is obs["image"], further ones obs["<name>_image"].
+    cameras: List[str] = field(default_factory=lambda: ["front"])
     image_size: int = 64
     # Side of the display-camera frames rendered for videos.
     video_size: int = 256
@@ -64,6 +67,9 @@ class TabletopEnvConfig(EnvConfig):
     placement_range: float = 0.15
     # "sample": a paraphrase drawn per episode; "fixed": always the first (for evaluation).
     instruction_mode: str = "sample"
+    # Append the named object's position and its goal position to obs["state"] (privileged; for state-only
+    # training and debugging, where nothing else tells the policy which object is meant).
+    privileged_state: bool = False
 
 
 @dataclass

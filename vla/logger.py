@@ -12,12 +12,13 @@ from tqdm import tqdm
 class RunLogger:
     """Writes scalars to ``<run>/tb`` and keeps a progress bar with steps, SPS, success rate and return.
 
-    ``start_step`` > 0 on resume: tensorboard events at or after it (written by the interrupted process after
-    its last checkpoint) are purged, so curves continue without duplicate steps.
+    ``start_step`` > 0 on resume: tensorboard events after it (written by the interrupted process after its
+    last checkpoint, which holds everything up to ``start_step``) are purged, so curves continue without
+    duplicate or missing steps.
     """
 
     def __init__(self, run_dir: Path, total_steps: int, start_step: int, progress: bool):
-        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step if start_step > 0 else None)
+        self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1 if start_step > 0 else None)
         self.bar: Optional[tqdm] = None
         if progress:
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,

@@ -190,7 +190,7 @@ class PPO:
                 sums["kl"] += approx_kl
                 sums["clip"] += clip_fraction
                 sums["grad"] += float(grad_norm)
-                sums["std"] += float(dist.base_dist.scale.mean()) if hasattr(dist, "base_dist") else float("nan")
+                sums["std"] += float(dist.base_dist.scale.detach().mean()) if hasattr(dist, "base_dist") else float("nan")
             if early_stopped:
                 epochs_done = epoch + i / max(1, len(starts))
                 break
