@@ -100,3 +100,7 @@ def make_vector_env(cfg, num_envs: int, render_mode: Optional[str] = None,
     if num_envs == 1 or cfg.vector_mode == "sync":
         return gym.vector.SyncVectorEnv(thunks, autoreset_mode=autoreset_mode)
     return gym.vector.AsyncVectorEnv(thunks, context="forkserver", autoreset_mode=autoreset_mode, shared_memory=False)
+
+# Env kinds defined in their own modules register themselves on import (robosuite itself loads lazily).
+import envs.robosuite_env  # noqa: E402,F401
+import envs.tabletop  # noqa: E402,F401

@@ -83,7 +83,10 @@ class Snapshot(gym.Wrapper):
     """Outermost wrapper: captures and restores the exact simulator state for bit-exact resume.
 
     Supported for MuJoCo-based envs (physics integration state via ``mj_getState``) together with the env's
-    random generator and the time-limit counter. ``get_snapshot`` returns None for envs it cannot capture; the
+    random generator and the time-limit counter. Per-episode state outside ``mjData`` (which object is the
+    target, the instruction, model fields such as colours set per episode) comes from the env's optional
+    ``get_task_state()`` (a JSON-serializable dict, or None when the env cannot be captured exactly) and goes
+    back through ``set_task_state(dict)``. ``get_snapshot`` returns None for envs it cannot capture; the
     trainer then resets those envs on resume (and says so). ``vector_index`` is this env's place in its vector
     env, so one broadcast ``restore_snapshot(all_snapshots)`` call restores every worker.
     """
@@ -105,6 +108,10 @@ class Snapshot(gym.Wrapper):
         model, data = getattr(unwrapped, "model", None), getattr(unwrapped, "data", None)
         if not isinstance(model, mujoco.MjModel) or not isinstance(data, mujoco.MjData):
             return None
+        get_task_state = getattr(unwrapped, "get_task_state", None)
+        task_state = get_task_state() if get_task_state is not None else {}
+        if task_state is None:
+            return None
         spec = mujoco.mjtState.mjSTATE_INTEGRATION
         physics = np.empty(mujoco.mj_stateSize(model, spec), dtype=np.float64)
         mujoco.mj_getState(model, data, physics, spec)
@@ -112,6 +119,7 @@ class Snapshot(gym.Wrapper):
             "physics": physics.tolist(),
             "np_random": unwrapped.np_random.bit_generator.state,
             "elapsed_steps": [limit._elapsed_steps for limit in self._time_limits()],
+            "task_state": task_state,
         }
 
     def restore_snapshot(self, snapshots: List[Dict[str, Any]]) -> None:
@@ -119,6 +127,11 @@ class Snapshot(gym.Wrapper):
         unwrapped = self.env.unwrapped
         physics = np.asarray(snapshot["physics"], dtype=np.float64)
         mujoco.mj_setState(unwrapped.model, unwrapped.data, physics, mujoco.mjtState.mjSTATE_INTEGRATION)
+        if hasattr(unwrapped, "set_task_state"):
+            unwrapped.set_task_state(snapshot["task_state"])
+        # Positions, contacts and sensors derived from the restored state (and from any model fields the task
+        # state set), so observations and success checks read before the next step are right.
+        mujoco.mj_forward(unwrapped.model, unwrapped.data)
         unwrapped.np_random.bit_generator.state = snapshot["np_random"]
         for limit, elapsed in zip(self._time_limits(), snapshot["elapsed_steps"]):
             limit._elapsed_steps = elapsed

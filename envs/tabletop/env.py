@@ -1,0 +1,248 @@
+"""``TabletopEnv``: fast native MuJoCo tabletop tasks (reach, push, lift) with language instructions."""
+
+from __future__ import annotations
+
+import string
+from typing import Any, Dict, List, Optional, Sequence
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+from gymnasium import spaces
+
+from envs.tabletop.scene import (
+    CAMERA_NAMES, COLOUR_NAMES, COLOURS, DISPLAY_CAMERA, FINGER_MAX_OPENING, HAND_HOME, HAND_RANGE, NUM_ZONES,
+    OBJECT_HALF_SIZE, SHAPE_NOUNS, SHAPES, TABLE_HALF_SIZE, ZONE_RADIUS, build_scene_xml,
+)
+from envs.tabletop.tasks import TASKS, TaskMeasures
+from vla.errors import ConfigError
+
+MAX_HAND_STEP = 0.02  # metres the hand's position target may move per control step (action bound)
+MAX_TARGET_LEAD = 0.05  # how far the target may run ahead of the hand (no wind-up against the table or an object)
+PHYSICS_STEPS_PER_ACTION = 5  # 5 x 8 ms: the policy acts at 25 Hz
+OBJECT_MIN_SPACING = 0.08  # centre-to-centre, so objects never start touching
+FELL_OFF_HEIGHT = -0.05  # the named object below this is off the table: the episode cannot succeed any more
+
+REWARD_KINDS = ("dense", "sparse")
+INSTRUCTION_MODES = ("sample", "fixed")
+INSTRUCTION_CHARSET = string.ascii_lowercase + " "
+INSTRUCTION_MAX_LENGTH = 96
+
+
+class TabletopEnv(gym.Env):
+    """A two-finger gripper over a table with ``num_objects`` coloured objects; the instruction names one.
+
+    Action (natural bounds): ``[dx, dy, dz]`` in metres (at most ``MAX_HAND_STEP``) moves the hand's position
+    target, and a gripper command in [-1, 1] (-1 open, +1 closed). Observation: ``state`` (hand position,
+    hand velocity, finger opening; with ``privileged_state`` also the named object's position and its goal
+    position), ``image`` (the first camera) and ``<camera>_image`` for further cameras, and ``instruction``.
+    ``info`` carries ``success``, ``task`` and ``goal_distance``. The episode terminates (without success)
+    when the named object falls off the table; ending on success is the ``SuccessInfo`` wrapper's job.
+
+    Per-episode choices (colours, target, zone, instruction) live in Python and in model fields that
+    ``mj_getState`` does not capture: ``get_task_state``/``set_task_state`` carry them for exact resume.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 25}
+
+    def __init__(self, task: str = "reach", num_objects: int = 3, cameras: Sequence[str] = ("front",),
+                 use_camera: bool = True, image_size: int = 64, video_size: int = 256, reward: str = "dense",
+                 time_penalty: float = 0.0, placement_range: float = 0.15, instruction_mode: str = "sample",
+                 privileged_state: bool = False, render_mode: Optional[str] = None):
+        _check_choice("env.task", task, list(TASKS))
+        _check_choice("env.reward", reward, REWARD_KINDS)
+        _check_choice("env.instruction_mode", instruction_mode, INSTRUCTION_MODES)
+        if render_mode is not None:
+            _check_choice("render_mode", render_mode, self.metadata["render_modes"])
+        if not 1 <= num_objects <= len(COLOURS):
+            raise ConfigError(f"env.num_objects={num_objects} must be between 1 and {len(COLOURS)} "
+                              f"(objects have distinct colours: {COLOUR_NAMES})")
+        for camera in cameras:
+            _check_choice("env.cameras entry", camera, CAMERA_NAMES)
+        if use_camera and not cameras:
+            raise ConfigError(f"env.cameras is empty but env.use_camera is true; name one of {list(CAMERA_NAMES)}")
+        max_range = TABLE_HALF_SIZE - 2 * OBJECT_HALF_SIZE
+        if not 2 * OBJECT_HALF_SIZE <= placement_range <= max_range:
+            raise ConfigError(f"env.placement_range={placement_range} must lie in "
+                              f"[{2 * OBJECT_HALF_SIZE}, {max_range}] metres (objects must start on the table)")
+        self.task = TASKS[task]
+        self.num_objects = num_objects
+        self.cameras = list(cameras) if use_camera else []
+        self.image_size, self.video_size = image_size, video_size
+        self.reward_kind, self.time_penalty = reward, time_penalty
+        self.placement_range, self.instruction_mode = placement_range, instruction_mode
+        self.privileged_state, self.render_mode = privileged_state, render_mode
+
+        self.model = mujoco.MjModel.from_xml_string(build_scene_xml(num_objects, image_size, video_size))
+        self.data = mujoco.MjData(self.model)
+        self._object_qpos = [self.model.jnt_qposadr[self.model.joint(f"object{i}").id] for i in range(num_objects)]
+        self._object_geoms = [self.model.geom(f"object{i}").id for i in range(num_objects)]
+        self._finger_geoms = (self.model.geom("finger_left").id, self.model.geom("finger_right").id)
+        self._zone_bodies = [self.model.body(f"zone{i}").id for i in range(NUM_ZONES)]
+        self._zone_geoms = [self.model.geom(f"zone{i}").id for i in range(NUM_ZONES)]
+        self._image_renderer: Optional[mujoco.Renderer] = None
+        self._video_renderer: Optional[mujoco.Renderer] = None
+
+        self.action_space = spaces.Box(
+            low=np.array([-MAX_HAND_STEP] * 3 + [-1.0], dtype=np.float32),
+            high=np.array([MAX_HAND_STEP] * 3 + [1.0], dtype=np.float32),
+        )
+        state_size = 7 + (6 if privileged_state else 0)
+        observation = {"state": spaces.Box(-np.inf, np.inf, shape=(state_size,), dtype=np.float32)}
+        for index, camera in enumerate(self.cameras):
+            observation[camera_image_key(camera, index)] = spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+        observation["instruction"] = spaces.Text(INSTRUCTION_MAX_LENGTH, charset=INSTRUCTION_CHARSET)
+        self.observation_space = spaces.Dict(observation)
+        self._task_state: Dict[str, Any] = {}
+
+    # ---------------------------------------------------------------------------------------------- episode
+    def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
+        super().reset(seed=seed)
+        rng = self.np_random
+        mujoco.mj_resetData(self.model, self.data)
+        colours = rng.choice(len(COLOURS), size=self.num_objects, replace=False)
+        zone_colours = rng.choice(len(COLOURS), size=NUM_ZONES, replace=False)
+        zone_positions = self._sample_positions(NUM_ZONES, 2 * ZONE_RADIUS + 0.02, []) if self.task.uses_zone \
+            else []
+        # Objects keep clear of the zones, so no object starts inside a goal.
+        object_positions = self._sample_positions(self.num_objects, OBJECT_MIN_SPACING, zone_positions,
+                                                  clearance=ZONE_RADIUS + OBJECT_HALF_SIZE + 0.01)
+        target = int(rng.integers(self.num_objects))
+        target_zone = int(rng.integers(NUM_ZONES)) if self.task.uses_zone else -1
+        shape_nouns = SHAPE_NOUNS[SHAPES[target % len(SHAPES)]]
+        if self.instruction_mode == "sample":
+            template = self.task.paraphrases[rng.integers(len(self.task.paraphrases))]
+            noun = shape_nouns[rng.integers(len(shape_nouns))]
+        else:
+            template, noun = self.task.paraphrases[0], shape_nouns[0]
+        instruction = template.format(
+            object=f"{COLOUR_NAMES[colours[target]]} {noun}",
+            zone=COLOUR_NAMES[zone_colours[target_zone]] if self.task.uses_zone else "",
+        )
+        self.set_task_state({
+            "colours": [int(c) for c in colours], "zone_colours": [int(c) for c in zone_colours],
+            "zone_positions": [[float(x), float(y)] for x, y in zone_positions],
+            "target": target, "target_zone": target_zone, "instruction": instruction,
+        })
+        for qpos_address, (x, y) in zip(self._object_qpos, object_positions):
+            yaw = rng.uniform(-np.pi, np.pi)
+            self.data.qpos[qpos_address:qpos_address + 7] = [x, y, OBJECT_HALF_SIZE,
+                                                             np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
+        hand = np.asarray(HAND_HOME) + rng.uniform(-0.03, 0.03, size=3)
+        self.data.qpos[:3] = hand
+        self.data.qpos[3:5] = FINGER_MAX_OPENING
+        self.data.ctrl[:3] = hand
+        self.data.ctrl[3:5] = FINGER_MAX_OPENING
+        mujoco.mj_forward(self.model, self.data)
+        success, _, distance = self.task.evaluate(self.measures())
+        return self._observation(), self._info(success, distance)
+
+    def step(self, action):
+        action = np.asarray(action, dtype=np.float64)
+        hand = self.data.qpos[:3]
+        position_target = np.clip(self.data.ctrl[:3] + np.clip(action[:3], -MAX_HAND_STEP, MAX_HAND_STEP),
+                                  hand - MAX_TARGET_LEAD, hand + MAX_TARGET_LEAD)
+        self.data.ctrl[:3] = np.clip(position_target, [r[0] for r in HAND_RANGE], [r[1] for r in HAND_RANGE])
+        self.data.ctrl[3:5] = FINGER_MAX_OPENING * (1.0 - float(np.clip(action[3], -1.0, 1.0))) / 2.0
+        mujoco.mj_step(self.model, self.data, nstep=PHYSICS_STEPS_PER_ACTION)
+
+        measures = self.measures()
+        success, dense_reward, distance = self.task.evaluate(measures)
+        reward = dense_reward if self.reward_kind == "dense" else float(success)
+        terminated = bool(measures.target[2] < FELL_OFF_HEIGHT)
+        return self._observation(), reward - self.time_penalty, terminated, False, self._info(success, distance)
+
+    def _sample_positions(self, count: int, spacing: float, keep_clear_of: List[List[float]],
+                          clearance: float = 0.0) -> List[List[float]]:
+        """``count`` xy positions in the placement square, ``spacing`` apart and ``clearance`` from others."""
+        positions: List[List[float]] = []
+        for _ in range(1000):
+            if len(positions) == count:
+                return positions
+            candidate = self.np_random.uniform(-self.placement_range, self.placement_range, size=2)
+            if all(np.linalg.norm(candidate - p) >= spacing for p in positions) and \
+                    all(np.linalg.norm(candidate - np.asarray(p)) >= clearance for p in keep_clear_of):
+                positions.append([float(candidate[0]), float(candidate[1])])
+        raise ConfigError(f"could not place {count} items {spacing} m apart within env.placement_range="
+                          f"{self.placement_range}; raise placement_range or lower num_objects")
+
+    # ----------------------------------------------------------------------------------- exact-resume state
+    def get_task_state(self) -> Dict[str, Any]:
+        """This episode's choices (JSON-serializable), for ``envs.wrappers.Snapshot``."""
+        return dict(self._task_state)
+
+    def set_task_state(self, task_state: Dict[str, Any]) -> None:
+        """Restore the episode's choices and the model fields they set (object and zone colours, zone places)."""
+        self._task_state = dict(task_state)
+        for geom, colour in zip(self._object_geoms, task_state["colours"]):
+            self.model.geom_rgba[geom] = COLOURS[COLOUR_NAMES[colour]]
+        for index, (body, geom) in enumerate(zip(self._zone_bodies, self._zone_geoms)):
+            if self.task.uses_zone:
+                x, y = task_state["zone_positions"][index]
+                self.model.body_pos[body] = [x, y, 0.0]
+                self.model.geom_rgba[geom] = COLOURS[COLOUR_NAMES[task_state["zone_colours"][index]]]
+            else:
+                self.model.geom_rgba[geom, 3] = 0.0  # invisible: parked zones would still show on camera
+
+    # -------------------------------------------------------------------------------------- observations
+    def measures(self) -> TaskMeasures:
+        """Privileged positions (grasp point, named object, goal zone) the task scores; scripted experts read them."""
+        target = self._task_state["target"]
+        address = self._object_qpos[target]
+        zone = self._task_state["target_zone"]
+        zone_position = self.data.xpos[self._zone_bodies[zone]] if zone >= 0 else np.zeros(3)
+        return TaskMeasures(hand=self.data.qpos[:3].copy(), target=self.data.qpos[address:address + 3].copy(),
+                            zone=zone_position.copy(),
+                            grasped=self.task.uses_grasp and self._is_grasped(self._object_geoms[target]))
+
+    def _is_grasped(self, object_geom: int) -> bool:
+        """Both fingers touch the object."""
+        pairs = self.data.contact.geom  # (ncon, 2) geom ids of the active contacts
+        touching = pairs[(pairs == object_geom).any(axis=1)]
+        return all(np.any(touching == finger) for finger in self._finger_geoms)
+
+    def _observation(self) -> Dict[str, Any]:
+        finger_opening = self.data.qpos[3:5].mean()
+        parts = [self.data.qpos[:3], self.data.qvel[:3], [finger_opening]]
+        if self.privileged_state:
+            measures = self.measures()
+            parts += [measures.target, self.task.goal(measures)]
+        observation: Dict[str, Any] = {"state": np.concatenate(parts).astype(np.float32)}
+        if self.cameras:
+            if self._image_renderer is None:
+                self._image_renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)
+            for index, camera in enumerate(self.cameras):
+                self._image_renderer.update_scene(self.data, camera=camera)
+                observation[camera_image_key(camera, index)] = self._image_renderer.render()
+        observation["instruction"] = self._task_state["instruction"]
+        return observation
+
+    def _info(self, success: bool, distance: float) -> Dict[str, Any]:
+        return {"success": bool(success), "task": f"tabletop/{self.task.name}", "goal_distance": distance}
+
+    # ----------------------------------------------------------------------------------------- rendering
+    def render(self) -> Optional[np.ndarray]:
+        """The display camera at ``video_size`` (``render_mode="rgb_array"``)."""
+        if self.render_mode != "rgb_array":
+            return None
+        if self._video_renderer is None:
+            self._video_renderer = mujoco.Renderer(self.model, self.video_size, self.video_size)
+        self._video_renderer.update_scene(self.data, camera=DISPLAY_CAMERA)
+        return self._video_renderer.render()
+
+    def close(self) -> None:
+        for renderer in (self._image_renderer, self._video_renderer):
+            if renderer is not None:
+                renderer.close()
+        self._image_renderer = self._video_renderer = None
+
+
+def camera_image_key(camera: str, index: int) -> str:
+    """The env contract's observation key for the ``index``-th camera: the first is ``image``, further cameras
+    are ``<name>_image`` (the robosuite wrapper uses it too)."""
+    return "image" if index == 0 else f"{camera}_image"
+
+
+def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r} is not supported; choose one of {list(allowed)}")
