@@ -3,10 +3,16 @@
 from __future__ import annotations
 from vla.errors import ConfigError
 
+CRITICS = ("mlp", "attention")
+
 
 def build_critic(cfg, token_dim: int, state_dim: int):
     if cfg.name == "mlp":
         from critics.mlp import MLPValueHead
 
         return MLPValueHead(cfg, token_dim, state_dim)
-    raise ConfigError(f"critic.name={cfg.name!r} is not a known value head; known: ['mlp']")
+    if cfg.name == "attention":
+        from critics.attention import AttentionValueHead
+
+        return AttentionValueHead(cfg, token_dim, state_dim)
+    raise ConfigError(f"critic.name={cfg.name!r} is not a known value head; known: {list(CRITICS)}")

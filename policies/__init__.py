@@ -4,10 +4,16 @@ normalized actions in [-1, 1]."""
 from __future__ import annotations
 from vla.errors import ConfigError
 
+POLICIES = ("gaussian_mlp", "gaussian_transformer")
+
 
 def build_policy(cfg, token_dim: int, state_dim: int, action_dim: int):
     if cfg.name == "gaussian_mlp":
         from policies.gaussian import GaussianMLPExpert
 
         return GaussianMLPExpert(cfg, token_dim, state_dim, action_dim)
-    raise ConfigError(f"policy.name={cfg.name!r} is not a known action expert; known: ['gaussian_mlp']")
+    if cfg.name == "gaussian_transformer":
+        from policies.transformer import GaussianTransformerExpert
+
+        return GaussianTransformerExpert(cfg, token_dim, state_dim, action_dim)
+    raise ConfigError(f"policy.name={cfg.name!r} is not a known action expert; known: {list(POLICIES)}")

@@ -118,6 +118,65 @@ class StateBackboneConfig(BackboneConfig):
     activation: str = "tanh"
 
 
+@dataclass
+class LoraAdapterConfig:
+    """LoRA adapters (peft) on a backbone's pretrained towers; with them on, only the adapters train there."""
+
+    # Adapter rank; 0 turns LoRA off (the towers stay fully frozen and their features are cached).
+    rank: int = 0
+    # Scale of the adapter update is alpha / rank.
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # Module name suffixes that get adapters, as peft matches them.
+    target_modules: List[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class TowersBackboneConfig(BackboneConfig):
+    """Offline-pretrained towers: EfficientNet-Lite0 image patch tokens and MiniLM-L6 instruction tokens, frozen,
+    projected to a common width by trainable layers."""
+
+    name: str = "towers"
+    # Output stride of the EfficientNet-Lite0 stage whose feature map becomes the image tokens: 8 (40 channels;
+    # an 8x8 grid of a 64 px image), 16 (112 channels) or 32 (320 channels); 2 and 4 are shallow stages.
+    image_feature_stride: int = 8
+    # Instructions are truncated to this many word pieces.
+    max_instruction_tokens: int = 32
+    # Width D of the tokens the action expert and the value head read.
+    hidden_size: int = 128
+    # Pre-norm transformer layers mixing image and instruction tokens after the projection (0: none).
+    fusion_layers: int = 0
+    fusion_heads: int = 4
+    # MiniLM's attention projections are named query/key/value.
+    lora: LoraAdapterConfig = field(default_factory=lambda: LoraAdapterConfig(target_modules=["query", "value"]))
+
+
+@dataclass
+class HFBackboneConfig(BackboneConfig):
+    """Any Hugging Face vision-language model (AutoModelForImageTextToText + AutoProcessor), frozen, read at one
+    layer."""
+
+    name: str = "hf"
+    # Local directory or hub id.
+    model: str = MISSING
+    # Hub revision (branch, tag or commit); None: the default branch.
+    revision: Optional[str] = None
+    # "float32", "bfloat16" or "float16".
+    dtype: str = "float32"
+    # Index into the model's hidden_states (0: embeddings, -1: last decoder layer).
+    layer: int = -1
+    # None: the processor's chat template (one user turn: images, then the instruction). Otherwise a format
+    # string with {image} (the processor's image token, once per camera) and {instruction}.
+    prompt_template: Optional[str] = None
+    # Room for the instruction in the fixed-length prompt (longer prompts fail with a clear error).
+    max_instruction_tokens: int = 32
+    # Width D of the projected tokens the heads read.
+    hidden_size: int = 256
+    # Run model code shipped with the checkpoint (only for models you trust).
+    trust_remote_code: bool = False
+    lora: LoraAdapterConfig = field(default_factory=LoraAdapterConfig)
+
+
 # -------------------------------------------------------------------------------------------------- policy
 @dataclass
 class PolicyConfig:
@@ -141,6 +200,26 @@ class GaussianMLPPolicyConfig(PolicyConfig):
     log_std_max: float = 2.0
 
 
+@dataclass
+class GaussianTransformerPolicyConfig(PolicyConfig):
+    """Diagonal Gaussian whose mean comes from learned action queries cross-attending to the backbone tokens and
+    a proprio token (a small transformer decoder)."""
+
+    name: str = "gaussian_transformer"
+    width: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    feedforward_size: int = 256
+    # Actions per sample: the distribution covers chunk_size consecutive actions (flattened). Values above 1
+    # need the trainer to execute chunks (see policies/transformer.py).
+    chunk_size: int = 1
+    log_std_init: float = 0.0
+    # False: log-std is a free parameter (state-independent); True: a second output head per action query.
+    state_dependent_std: bool = False
+    log_std_min: float = -5.0
+    log_std_max: float = 2.0
+
+
 # -------------------------------------------------------------------------------------------------- critic
 @dataclass
 class CriticConfig:
@@ -155,6 +234,22 @@ class MLPCriticConfig(CriticConfig):
     hidden_sizes: List[int] = field(default_factory=lambda: [64, 64])
     activation: str = "tanh"
     pooling: str = "mean"
+
+
+@dataclass
+class AttentionCriticConfig(CriticConfig):
+    """Value head: tokens pooled by a learned-query attention (or mean / last token), then an MLP."""
+
+    name: str = "attention"
+    # "attention", "mean" or "last".
+    pooling: str = "attention"
+    # Width of the attention pooling's query and output.
+    attention_dim: int = 128
+    num_heads: int = 4
+    hidden_sizes: List[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"
+    # Stop the value loss's gradient at the backbone tokens (trainable backbone layers then follow the actor).
+    detach_backbone: bool = False
 
 
 # ---------------------------------------------------------------------------------------------------- algo
@@ -276,6 +371,10 @@ def register_configs() -> None:
     cs.store(group="env", name="tabletop_schema", node=TabletopEnvConfig)
     cs.store(group="env", name="robosuite_schema", node=RobosuiteEnvConfig)
     cs.store(group="backbone", name="state_schema", node=StateBackboneConfig)
+    cs.store(group="backbone", name="towers_schema", node=TowersBackboneConfig)
+    cs.store(group="backbone", name="hf_schema", node=HFBackboneConfig)
     cs.store(group="policy", name="gaussian_mlp_schema", node=GaussianMLPPolicyConfig)
+    cs.store(group="policy", name="gaussian_transformer_schema", node=GaussianTransformerPolicyConfig)
     cs.store(group="critic", name="mlp_schema", node=MLPCriticConfig)
+    cs.store(group="critic", name="attention_schema", node=AttentionCriticConfig)
     cs.store(group="algo", name="ppo_schema", node=PPOConfig)
