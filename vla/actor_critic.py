@@ -1,7 +1,8 @@
 """The actor-critic assembly: backbone -> tokens H -> (action expert, value head).
 
-When nothing in the backbone trains, the tokens a rollout step produced are what the PPO update reads
-(feature caching): the backbone runs once per env step and never during the update epochs.
+When the backbone's frozen stage holds nothing trainable, the features it produced at a rollout step are what
+the PPO update reads (feature caching): the pretrained towers run once per env step and never during the update
+epochs; only the backbone's small trainable projection and the heads run there.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from torch import nn
 
 from critics import build_critic
 from policies import build_policy
-from vla.backbones import Backbone, Tokens, build_backbone
+from vla.backbones import Backbone, FrozenFeatures, Tokens, build_backbone
 from vla.checkpoint import CheckpointError
 from vla.errors import ConfigError
 from vla.normalize import RunningMeanStd
+
+# Update inputs under this prefix are cached outputs of the backbone's frozen stage.
+FROZEN_PREFIX = "frozen/"
 
 
 @dataclass
@@ -112,11 +116,15 @@ class ActorCritic(nn.Module):
         out["state"] = state
         return out
 
-    def encode(self, obs: Dict[str, torch.Tensor]) -> Tokens:
+    def encode_frozen(self, obs: Dict[str, torch.Tensor]) -> FrozenFeatures:
+        """The backbone's frozen stage; without gradients unless it holds trainable adapters."""
         if self.backbone.is_trainable:
-            return self.backbone.encode(obs)
+            return self.backbone.encode_frozen(obs)
         with torch.no_grad():
-            return self.backbone.encode(obs)
+            return self.backbone.encode_frozen(obs)
+
+    def encode(self, obs: Dict[str, torch.Tensor]) -> Tokens:
+        return self.backbone.project(self.encode_frozen(obs))
 
     def heads(self, tokens: Tokens, state: torch.Tensor):
         head_state = None if self.backbone.encodes_state else state
@@ -124,13 +132,13 @@ class ActorCritic(nn.Module):
 
     @torch.no_grad()
     def act(self, obs: Dict[str, torch.Tensor], deterministic: bool = False) -> ActOutput:
-        tokens = self.encode(obs)
-        dist, value = self.heads(tokens, obs["state"])
+        features = self.encode_frozen(obs)
+        dist, value = self.heads(self.backbone.project(features), obs["state"])
         action = dist.mean if deterministic else dist.sample()
         if self.backbone.is_trainable:
             inputs = dict(obs)
-        else:  # feature caching: the update re-reads these tokens instead of running the backbone again
-            inputs = {"hidden": tokens.hidden, "mask": tokens.mask, "state": obs["state"]}
+        else:  # feature caching: the update re-reads the frozen stage's output instead of running it again
+            inputs = {**{FROZEN_PREFIX + key: feature for key, feature in features.items()}, "state": obs["state"]}
         return ActOutput(action, dist.log_prob(action), value, inputs)
 
     @torch.no_grad()
@@ -139,10 +147,11 @@ class ActorCritic(nn.Module):
         return self.heads(tokens, obs["state"])[1]
 
     def evaluate(self, inputs: Dict[str, torch.Tensor], actions: torch.Tensor):
-        """Log-prob and entropy of ``actions`` and V(s) for stored rollout inputs, with gradients."""
-        if "hidden" in inputs:
-            tokens = Tokens(inputs["hidden"], inputs["mask"])
-        else:
-            tokens = self.encode(inputs)
-        dist, value = self.heads(tokens, inputs["state"])
+        """Log-prob and entropy of ``actions`` and V(s) for stored rollout inputs, with gradients. The
+        trainable projection always runs here; the frozen stage only when ``act`` could not cache it."""
+        features = {key[len(FROZEN_PREFIX):]: feature
+                    for key, feature in inputs.items() if key.startswith(FROZEN_PREFIX)}
+        if not features:
+            features = self.encode_frozen(inputs)
+        dist, value = self.heads(self.backbone.project(features), inputs["state"])
         return dist.log_prob(actions), dist.entropy(), value, dist

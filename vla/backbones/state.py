@@ -6,7 +6,7 @@ from typing import Dict
 
 import torch
 
-from vla.backbones.base import Backbone, Tokens
+from vla.backbones.base import Backbone, FrozenFeatures, Tokens
 from vla.nn import mlp
 from vla.errors import ConfigError
 
@@ -15,7 +15,7 @@ class StateBackbone(Backbone):
     """``identity`` mode: the normalized state is one token and nothing trains (the heads hold all parameters,
     which is how separate actor and critic networks, the setting that works best for PPO on MuJoCo tasks
     (Andrychowicz et al., 2021), look under this contract). ``mlp`` mode: a trainable MLP makes the token, and
-    actor and critic share it."""
+    actor and critic share it. The frozen stage is the identity: it passes the state through."""
 
     encodes_state = True
 
@@ -26,15 +26,18 @@ class StateBackbone(Backbone):
         self.mode = cfg.mode
         self.state_dim = state_dim
         if cfg.mode == "mlp":
-            self.net = mlp(state_dim, [cfg.hidden_size] * cfg.num_layers, cfg.activation, activate_last=True)
+            self.projection = mlp(state_dim, [cfg.hidden_size] * cfg.num_layers, cfg.activation, activate_last=True)
             self.hidden_size = cfg.hidden_size
         else:
-            self.net = None
+            self.projection = None
             self.hidden_size = state_dim
 
-    def encode(self, obs: Dict[str, torch.Tensor]) -> Tokens:
-        state = obs["state"]
-        hidden = state if self.net is None else self.net(state)
+    def encode_frozen(self, obs: Dict[str, torch.Tensor]) -> FrozenFeatures:
+        return {"state": obs["state"]}
+
+    def project(self, features: FrozenFeatures) -> Tokens:
+        state = features["state"]
+        hidden = state if self.projection is None else self.projection(state)
         hidden = hidden.unsqueeze(1)
         return Tokens(hidden=hidden, mask=torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device))
 
