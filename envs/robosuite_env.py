@@ -34,6 +34,8 @@ TASK_INSTRUCTIONS: Dict[str, Tuple[str, ...]] = {
 # Per-episode state of these tasks lives in Python and in model fields that mj_getState does not capture
 # (Wipe: which markers are wiped, their places and colours), so their snapshots are not exact.
 TASKS_WITHOUT_EXACT_SNAPSHOT = ("Wipe",)
+# Controller attributes fixed at reset that later steps read (not recomputed from the simulation each step).
+CONTROLLER_EPISODE_FIELDS = ("initial_joint", "initial_ref_pos", "initial_ref_ori_mat")
 ARM_CONTROLLERS = ("OSC_POSE", "OSC_POSITION", "IK_POSE", "JOINT_POSITION", "JOINT_VELOCITY", "JOINT_TORQUE")
 INSTRUCTION_MODES = ("sample", "fixed")
 # Expensive visual effects that fast rendering turns off (about 3x faster offscreen rendering with llvmpipe).
@@ -183,16 +185,33 @@ class RobosuiteEnv(gym.Env):
 
     # ----------------------------------------------------------------------------------- exact-resume state
     def get_task_state(self) -> Optional[Dict[str, Any]]:
-        """Episode counters and instruction (JSON-serializable); None for tasks that cannot be captured exactly."""
+        """What the next steps depend on besides the physics (JSON-serializable): episode counters, the
+        instruction and each controller's episode-start pose (OSC pulls the arm's null space towards it).
+        None for tasks that cannot be captured exactly."""
         if self.task in TASKS_WITHOUT_EXACT_SNAPSHOT:
             return None
+        controllers = {
+            name: {field: np.asarray(getattr(controller, field)).tolist()
+                   for field in CONTROLLER_EPISODE_FIELDS if getattr(controller, field, None) is not None}
+            for name, controller in self._part_controllers()
+        }
         return {"timestep": int(self._env.timestep), "cur_time": float(self._env.cur_time),
-                "instruction": self._instruction}
+                "instruction": self._instruction, "controllers": controllers}
 
     def set_task_state(self, task_state: Dict[str, Any]) -> None:
         self._env.timestep, self._env.cur_time = task_state["timestep"], task_state["cur_time"]
         self._env.done = self._env.timestep >= self._env.horizon
         self._instruction = task_state["instruction"]
+        for name, controller in self._part_controllers():
+            for field, value in task_state["controllers"][name].items():
+                setattr(controller, field, np.asarray(value))
+            # Re-read joint and end-effector state from the restored simulation at the next step.
+            controller.new_update = True
+
+    def _part_controllers(self):
+        for index, robot in enumerate(self._env.robots):
+            for part, controller in robot.part_controllers.items():
+                yield f"robot{index}/{part}", controller
 
     # ----------------------------------------------------------------------------------------- rendering
     def render(self) -> Optional[np.ndarray]:
