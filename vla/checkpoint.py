@@ -68,8 +68,10 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def save_checkpoint(checkpoint_root: Path, name: str, *, weights: Dict[str, torch.Tensor],
-                    trainer_state: Dict[str, Any], state: Dict[str, Any], config_yaml: str, keep: int) -> Path:
-    """Write checkpoint ``name`` under ``checkpoint_root`` atomically, point ``latest`` at it, prune old ones."""
+                    trainer_state: Dict[str, Any], state: Dict[str, Any], config_yaml: str, keep: int,
+                    update_latest: bool = True) -> Path:
+    """Write checkpoint ``name`` under ``checkpoint_root`` atomically, point ``latest`` at it (unless
+    ``update_latest`` is False, as for ``best``), and prune all but the newest ``keep`` others."""
     checkpoint_root.mkdir(parents=True, exist_ok=True)
     final = checkpoint_root / name
     tmp = checkpoint_root / f".{name}.tmp-{os.getpid()}"
@@ -90,15 +92,16 @@ def save_checkpoint(checkpoint_root: Path, name: str, *, weights: Dict[str, torc
         shutil.rmtree(final)
     os.rename(tmp, final)
     _fsync_dir(checkpoint_root)
-    write_text_atomic(checkpoint_root / LATEST, name + "\n")
+    if update_latest:
+        write_text_atomic(checkpoint_root / LATEST, name + "\n")
     _prune(checkpoint_root, keep, protect=name)
     return final
 
 
 def _prune(checkpoint_root: Path, keep: int, protect: str) -> None:
-    complete = sorted(p for p in checkpoint_root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    for old in complete[:-keep] if keep > 0 else []:
-        if old.name != protect and old.name != "best":
+    periodic = sorted(p for p in checkpoint_root.iterdir() if p.is_dir() and p.name.startswith("update_"))
+    for old in periodic[:-keep] if keep > 0 else []:
+        if old.name != protect:
             shutil.rmtree(old, ignore_errors=True)
     for stale in checkpoint_root.glob(".*.tmp-*"):  # left behind by a process killed mid-write
         if stale.is_dir():
@@ -141,7 +144,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     candidates = []
     if (root / LATEST).is_file():
         candidates.append(root / (root / LATEST).read_text().strip())
-    candidates += sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), reverse=True)
+    candidates += sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("update_")), reverse=True)
     problems = []
     for candidate in candidates:
         problem = verify(candidate)

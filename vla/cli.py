@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -17,7 +17,6 @@ from vla.errors import UserError
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 register_configs()
-log = logging.getLogger("vla")
 CONFIG_PATH = str(Path(__file__).resolve().parent.parent / "conf")
 
 
@@ -41,50 +40,44 @@ def _fail(prog: str, error: UserError) -> None:
 
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="config")
-def _train(cfg: DictConfig) -> float:
-    from vla.evaluate import build_report, run_episodes, write_report
+def _train(cfg: DictConfig) -> Optional[float]:
     from vla.trainer import Trainer
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        trainer = Trainer(cfg, run_dir)
+        trainer = Trainer(cfg, Path(HydraConfig.get().runtime.output_dir))
         trainer.train()
     except UserError as error:
         _fail("vla-train", error)
-    result = 0.0
-    if cfg.eval.at_end and cfg.eval.episodes > 0:
-        rows = run_episodes(trainer.model, cfg.env, cfg.eval.episodes, seed=100_000, num_envs=cfg.num_envs,
-                            deterministic=cfg.eval.deterministic)
-        identity = {"path": str(trainer.checkpoint_root), "global_step": trainer.global_step,
-                    "update": trainer.update_index}
-        report = build_report(rows, checkpoint=identity, config=OmegaConf.to_container(cfg, resolve=True),
-                              deterministic=cfg.eval.deterministic, seed=100_000)
-        path = write_report(report, trainer.run_dir / "eval" / "final")
-        result = report["success_rate"]
+    report = trainer.final_report
+    if report is not None:
         print(f"final evaluation: success rate {report['success_rate']:.1%} over {report['episodes']} episodes, "
               f"episode length {report['episode_length_mean']:.1f}, return {report['episode_return_mean']:.2f} "
-              f"-> {path}", flush=True)
+              f"-> {trainer.run_dir / 'eval' / 'final'}", flush=True)
     print(f"run directory: {trainer.run_dir}  (tensorboard --logdir {trainer.run_dir / 'tb'})", flush=True)
-    return result
+    return None if report is None else report["success_rate"]
 
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="eval")
 def _eval(cfg: DictConfig) -> float:
-    from vla.evaluate import build_report, load_policy, run_episodes, write_report
+    from vla.evaluate import build_report, load_policy, run_episodes, write_report, write_videos
     from vla.trainer import resolve_device
 
     try:
         model, train_cfg, identity = load_policy(cfg.checkpoint, resolve_device(cfg.device))
         env_cfg = cfg.env if cfg.env is not None else train_cfg.env
-        rows = run_episodes(model, env_cfg, cfg.episodes, seed=cfg.seed, num_envs=cfg.num_envs,
-                            deterministic=cfg.deterministic, progress=cfg.progress)
+        rows, videos = run_episodes(model, env_cfg, cfg.episodes, seed=cfg.seed, num_envs=cfg.num_envs,
+                                    deterministic=cfg.deterministic, progress=cfg.progress,
+                                    record=cfg.video_episodes if cfg.video else 0)
     except UserError as error:
         _fail("vla-eval", error)
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
     config = {"eval": OmegaConf.to_container(cfg, resolve=True), "train": OmegaConf.to_container(train_cfg)}
     config["eval"]["env"] = OmegaConf.to_container(env_cfg, resolve=True)
     report = build_report(rows, checkpoint=identity, config=config, deterministic=cfg.deterministic,
                           seed=cfg.seed)
-    path = write_report(report, Path(HydraConfig.get().runtime.output_dir))
+    if videos:
+        report["videos"] = write_videos(rows, videos, out_dir / "videos", cfg.video_fps)
+    path = write_report(report, out_dir)
     low, high = report["success_ci95"]
     print(f"success rate {report['success_rate']:.1%} (95% CI {low:.1%}-{high:.1%}) over {report['episodes']} "
           f"episodes; episode length {report['episode_length_mean']:.1f}; report: {path}", flush=True)

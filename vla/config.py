@@ -313,14 +313,34 @@ class CheckpointConfig:
 
 @dataclass
 class EvalConfig:
-    # Evaluate every this many updates during training (0: only at the end).
+    # Evaluate every this many updates during training (0: only at the end); the best checkpoint by
+    # evaluation success rate is kept as checkpoints/best.
     every_updates: int = 0
     # Episodes per evaluation.
     episodes: int = 20
     # Act with the mean action (False: sample).
     deterministic: bool = True
-    # Run an evaluation after training ends.
+    # Run an evaluation after training ends (written to <run>/eval/final/).
     at_end: bool = True
+    # Parallel envs for evaluation (None: num_envs).
+    num_envs: Optional[int] = None
+    # Episode i of every evaluation starts from reset(seed=seed + i): the same episodes each time.
+    seed: int = 100_000
+    # Episodes recorded as captioned videos in the final evaluation (0: none).
+    video_episodes: int = 2
+    video_fps: int = 20
+
+
+@dataclass
+class WatchConfig:
+    """Warnings (printed once, logged as alerts/*) when exploration collapses or updates blow up."""
+
+    # Mean action standard deviation (normalized units) below which exploration has collapsed.
+    min_action_std: float = 0.02
+    # Policy entropy below which exploration has collapsed (None: not watched).
+    min_entropy: Optional[float] = None
+    # Approximate KL of an update above which the policy moved too far.
+    max_approx_kl: float = 0.5
 
 
 @dataclass
@@ -345,6 +365,7 @@ class TrainConfig:
     progress: bool = True
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
 
 
 @dataclass
@@ -359,8 +380,12 @@ class EvalRunConfig:
     seed: int = 100_000
     device: str = "auto"
     # Override the env config stored in the checkpoint (None: evaluate on the training env).
-    env: Optional[Dict[str, Any]] = None
+    env: Optional[Any] = None
     progress: bool = True
+    # Write captioned videos of the first video_episodes episodes (successes and failures alike).
+    video: bool = False
+    video_episodes: int = 4
+    video_fps: int = 20
 
 
 def register_configs() -> None:

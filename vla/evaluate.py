@@ -21,6 +21,7 @@ from tqdm import tqdm
 from envs import make_env, make_vector_env
 from vla import checkpoint as ckpt
 from vla.actor_critic import ActorCritic
+from vla.video import caption, log_video, write_video
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> Tuple[float, float]:
@@ -35,11 +36,21 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> Tuple[float,
 
 
 def run_episodes(model: ActorCritic, env_cfg, episodes: int, seed: int, num_envs: int, deterministic: bool,
-                 progress: bool = False) -> List[Dict[str, Any]]:
-    """Roll out ``episodes`` episodes; returns one row per episode, ordered by episode index."""
+                 progress: bool = False, record: int = 0) -> Tuple[List[Dict[str, Any]], Dict[int, List[np.ndarray]]]:
+    """Roll out ``episodes`` episodes; returns one row per episode (ordered by episode index) and the display
+    camera frames of the first ``record`` episodes (rendered at the env's video size)."""
     num_envs = max(1, min(num_envs, episodes))
-    envs = make_vector_env(env_cfg, num_envs, autoreset=False)
+    envs = make_vector_env(env_cfg, num_envs, render_mode="rgb_array" if record else None, autoreset=False)
     rows: List[Optional[Dict[str, Any]]] = [None] * episodes
+    videos: Dict[int, List[np.ndarray]] = defaultdict(list)
+
+    def render_recorded(only: Optional[np.ndarray] = None) -> None:
+        wanted = [i for i, episode in enumerate(assigned) if episode < record and (only is None or only[i])]
+        if wanted:
+            frames = envs.call("render")
+            for i in wanted:
+                videos[assigned[i]].append(frames[i])
+
     try:
         obs, info = envs.reset(seed=[seed + i for i in range(num_envs)])
         assigned = list(range(num_envs))  # episode index each env is running (>= episodes: a throwaway)
@@ -48,10 +59,13 @@ def run_episodes(model: ActorCritic, env_cfg, episodes: int, seed: int, num_envs
         instructions = _instructions(obs, num_envs)
         tasks = _tasks(info, env_cfg, num_envs)
         bar = tqdm(total=episodes, desc="eval", unit="ep", disable=not progress, dynamic_ncols=True)
+        was_training = model.training
         model.eval()
+        render_recorded()
         while any(row is None for row in rows):
             out = model.act(model.to_tensors(obs), deterministic=deterministic)
             obs, reward, terminated, truncated, info = envs.step(out.action.cpu().numpy())
+            render_recorded()
             returns += reward
             lengths += 1
             done = terminated | truncated
@@ -76,10 +90,27 @@ def run_episodes(model: ActorCritic, env_cfg, episodes: int, seed: int, num_envs
             new_instructions, new_tasks = _instructions(obs, num_envs), _tasks(info, env_cfg, num_envs)
             for i in np.flatnonzero(done):
                 instructions[i], tasks[i] = new_instructions[i], new_tasks[i]
+            render_recorded(only=done)
         bar.close()
+        model.train(was_training)
     finally:
         envs.close()
-    return rows  # type: ignore[return-value]
+    return rows, dict(videos)  # type: ignore[return-value]
+
+
+def write_videos(rows: List[Dict[str, Any]], videos: Dict[int, List[np.ndarray]], out_dir: Path, fps: int,
+                 writer=None, step: int = 0) -> List[str]:
+    """Captioned videos of the recorded episodes (successes and failures alike), as files and in tensorboard."""
+    paths = []
+    for episode, frames in sorted(videos.items()):
+        row = rows[episode]
+        outcome = "success" if row["success"] else "failure"
+        text = f"{row['task']} | {row['instruction'] or ''} | {outcome} in {row['length']} steps"
+        frames = [caption(frame, text) for frame in frames]
+        paths.append(str(write_video(frames, out_dir / f"episode_{episode:03d}_{outcome}.mp4", fps)))
+        if writer is not None:
+            log_video(writer, f"eval/video_{outcome}_{episode:03d}", frames, step, fps)
+    return paths
 
 
 def _instructions(obs: Dict[str, Any], num_envs: int) -> List[Optional[str]]:

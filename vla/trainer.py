@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from envs import make_vector_env
 from vla import checkpoint as ckpt
 from vla.actor_critic import ActorCritic
+from vla.evaluate import build_report, run_episodes, write_report, write_videos
 from vla.logger import RunLogger
 from vla.normalize import RewardScaler
 from vla.ppo import PPO, RolloutStorage, compute_gae
@@ -98,6 +99,9 @@ class Trainer:
         self.update_index = 0
         self.global_step = 0
         self.history: List[Dict[str, float]] = []
+        self.best_eval: Optional[Dict[str, float]] = None  # success rate and return of checkpoints/best
+        self.final_report: Optional[Dict[str, Any]] = None
+        self.alerted: set = set()
 
         exact_resume = True
         if resume_from is not None:
@@ -183,18 +187,26 @@ class Trainer:
         return metrics
 
     def train(self) -> List[Dict[str, float]]:
-        """Run until ``total_env_steps``; returns the per-update metrics (also written to tensorboard)."""
+        """Run until ``total_env_steps``, then evaluate; returns the per-update metrics (also in tensorboard)."""
+        every_eval = self.cfg.eval.every_updates
         try:
             while self.update_index < self.num_updates:
                 metrics = self.train_one_update()
                 metrics["charts/update"] = float(self.update_index)
                 self.history.append(metrics)
                 self.logger.scalars(metrics, self.global_step)
+                self.watch(metrics)
                 self.logger.progress(self.batch_size, {"sps": f"{metrics['perf/sps']:.0f}",
                                                        **self.episodes.summary()})
+                if every_eval and self.update_index % every_eval == 0 and self.update_index < self.num_updates:
+                    self.evaluate_and_keep_best()
                 if self.update_index % self.cfg.checkpoint.every_updates == 0 or \
                         self.update_index == self.num_updates:
                     self.save()
+            if self.cfg.eval.at_end and self.cfg.eval.episodes > 0:
+                self.final_report = self.evaluate("final", record=self.cfg.eval.video_episodes)
+                self.keep_if_best(self.final_report)
+                self.log_hparams(self.final_report)
         except KeyboardInterrupt:
             self.logger.message("interrupted: writing a final checkpoint")
             self.save()
@@ -203,12 +215,83 @@ class Trainer:
             self.close()
         return self.history
 
+    # --------------------------------------------------------------------------------------- evaluation
+    def evaluate(self, name: str, record: int = 0) -> Dict[str, Any]:
+        """Evaluate the current policy on the fixed evaluation seeds; report to <run>/eval/<name>/, eval/* tags."""
+        ecfg = self.cfg.eval
+        rows, videos = run_episodes(self.model, self.cfg.env, ecfg.episodes, ecfg.seed,
+                                    ecfg.num_envs or self.num_envs, ecfg.deterministic, record=record)
+        identity = {"path": str(self.checkpoint_root), "global_step": self.global_step,
+                    "update": self.update_index, "backbone": self.model.backbone.identity()}
+        report = build_report(rows, checkpoint=identity, config=OmegaConf.to_container(self.cfg, resolve=True),
+                              deterministic=ecfg.deterministic, seed=ecfg.seed)
+        out_dir = self.run_dir / "eval" / name
+        write_report(report, out_dir)
+        if videos:
+            report["videos"] = write_videos(rows, videos, out_dir / "videos", ecfg.video_fps,
+                                            writer=self.logger.writer, step=self.global_step)
+        self.logger.scalars({
+            "eval/success_rate": report["success_rate"],
+            "eval/success_ci95_low": report["success_ci95"][0],
+            "eval/success_ci95_high": report["success_ci95"][1],
+            "eval/episode_length": report["episode_length_mean"],
+            "eval/episode_length_success": report["episode_length_success_mean"],
+            "eval/episode_return": report["episode_return_mean"],
+        }, self.global_step)
+        self.logger.message(f"eval at step {self.global_step}: success rate {report['success_rate']:.1%}, "
+                            f"episode length {report['episode_length_mean']:.1f}, "
+                            f"return {report['episode_return_mean']:.2f}")
+        return report
+
+    def evaluate_and_keep_best(self) -> None:
+        self.keep_if_best(self.evaluate(f"update_{self.update_index:06d}"))
+
+    def keep_if_best(self, report: Dict[str, Any]) -> None:
+        """Keep ``checkpoints/best``: the highest eval success rate so far (ties: the higher return)."""
+        score = (report["success_rate"], report["episode_return_mean"])
+        if self.best_eval is None or score > (self.best_eval["success_rate"], self.best_eval["return"]):
+            self.best_eval = {"success_rate": score[0], "return": score[1], "global_step": self.global_step}
+            self.save(name="best")
+
+    def watch(self, metrics: Dict[str, float]) -> None:
+        """Say once when exploration collapses or an update moves the policy too far."""
+        watch = self.cfg.watch
+        checks = {
+            "action_std_collapse": (metrics["policy/action_std"] < watch.min_action_std,
+                                    f"action std {metrics['policy/action_std']:.4f} < {watch.min_action_std}"),
+            "entropy_collapse": (watch.min_entropy is not None and metrics["losses/entropy"] < watch.min_entropy,
+                                 f"policy entropy {metrics['losses/entropy']:.3f} < {watch.min_entropy}"),
+            "approx_kl_explosion": (metrics["losses/approx_kl"] > watch.max_approx_kl,
+                                    f"approx KL {metrics['losses/approx_kl']:.3f} > {watch.max_approx_kl}"),
+        }
+        for kind, (fired, detail) in checks.items():
+            if fired and kind not in self.alerted:
+                self.alerted.add(kind)
+                self.logger.message(f"WARNING at step {self.global_step}: {kind.replace('_', ' ')}: {detail} "
+                                    "(see README, 'When learning stalls')")
+                self.logger.writer.add_text("alerts", f"step {self.global_step}: {kind}: {detail}",
+                                            self.global_step)
+                self.logger.scalars({f"alerts/{kind}": 1.0}, self.global_step)
+
+    def log_hparams(self, report: Dict[str, Any]) -> None:
+        flat = {}
+        for group in ("env", "backbone", "policy", "critic", "algo"):
+            for key, value in OmegaConf.to_container(self.cfg[group], resolve=True).items():
+                if isinstance(value, (int, float, str, bool)):
+                    flat[f"{group}.{key}"] = value
+        flat.update(seed=self.cfg.seed, num_envs=self.num_envs, total_env_steps=self.cfg.total_env_steps)
+        self.logger.writer.add_hparams(flat, {"hparam/success_rate": report["success_rate"],
+                                              "hparam/episode_length": report["episode_length_mean"],
+                                              "hparam/episode_return": report["episode_return_mean"]},
+                                       run_name="hparams", global_step=self.global_step)
+
     def close(self) -> None:
         self.logger.close()
         self.envs.close()
 
     # -------------------------------------------------------------------------------------- checkpoints
-    def save(self) -> Path:
+    def save(self, name: Optional[str] = None) -> Path:
+        """A checkpoint ``update_<N>`` (or ``name``, e.g. "best", which leaves ``latest`` alone)."""
         snapshots = self.envs.call("get_snapshot")
         rollout_tensors = {f"next_obs/{k}": torch.as_tensor(v) for k, v in self.next_obs.items()
                            if isinstance(v, np.ndarray)}
@@ -229,11 +312,12 @@ class Trainer:
             "action_dim": self.action_dim,
             "rng": rng_json(),
             "env_snapshots": list(snapshots),
+            "best_eval": self.best_eval,
         }
         return ckpt.save_checkpoint(
-            self.checkpoint_root, f"update_{self.update_index:06d}",
+            self.checkpoint_root, name or f"update_{self.update_index:06d}",
             weights=self.model.trainable_state_dict(), trainer_state=trainer_state, state=state,
-            config_yaml=OmegaConf.to_yaml(self.cfg), keep=self.cfg.checkpoint.keep,
+            config_yaml=OmegaConf.to_yaml(self.cfg), keep=self.cfg.checkpoint.keep, update_latest=name is None,
         )
 
     def _restore(self, loaded: Dict[str, Any]) -> Tuple[Dict[str, np.ndarray], bool]:
@@ -244,6 +328,7 @@ class Trainer:
         self.model.load_trainable_state_dict(loaded["weights"], str(loaded["path"]))
         self.ppo.optimizer.load_state_dict(trainer_state["optimizer"])
         self.global_step, self.update_index = state["global_step"], state["update_index"]
+        self.best_eval = state.get("best_eval")
         snapshots = state.get("env_snapshots") or []
         exact = state.get("num_envs") == self.num_envs and len(snapshots) == self.num_envs and all(snapshots)
         if exact:
