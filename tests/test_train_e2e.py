@@ -63,10 +63,15 @@ def test_eval_of_missing_checkpoint_is_a_clear_error(tmp_path):
 def test_multirun_sweep_writes_one_run_directory_per_seed(tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = [a for a in TINY if not a.startswith("total_env_steps")]
-    result = run_cli("vla-train", "-m", "seed=0,1", *args, "total_env_steps=128", "eval.episodes=0",
-                     f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    result = run_cli("vla-train", "-m", "seed=0,1", *args, "total_env_steps=128", "eval.episodes=2",
+                     "eval.video_episodes=0", f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     runs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
     assert len(runs) == 2 and all("seed=" in name for name in runs)
     for name in runs:
         assert (sweep_dir / name / "checkpoints" / "latest").is_file()
+
+    result = run_cli("vla-summary", str(sweep_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "mean ± std (2 runs)" in (sweep_dir / "summary.md").read_text()
+    assert (sweep_dir / "learning_curve.png").stat().st_size > 5000
