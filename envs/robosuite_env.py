@@ -97,7 +97,7 @@ class RobosuiteEnv(gym.Env):
             self._env = robosuite.make(
                 task, robots=robot, controller_configs=controller_config(robot, controller),
                 has_renderer=False, has_offscreen_renderer=use_camera or render_mode == "rgb_array",
-                use_camera_obs=use_camera, camera_names=self.cameras or "agentview",
+                use_camera_obs=use_camera, camera_names=self.cameras or "agentview",  # a name, unused w/o camera
                 camera_heights=camera_size, camera_widths=camera_size, use_object_obs=use_object_obs,
                 reward_shaping=reward_shaping, control_freq=control_freq, horizon=horizon, hard_reset=hard_reset,
                 ignore_done=False,

@@ -102,8 +102,8 @@ class TabletopEnv(gym.Env):
         mujoco.mj_resetData(self.model, self.data)
         colours = rng.choice(len(COLOURS), size=self.num_objects, replace=False)
         zone_colours = rng.choice(len(COLOURS), size=NUM_ZONES, replace=False)
-        zone_positions = self._sample_positions(NUM_ZONES, 2 * ZONE_RADIUS + 0.02, []) if self.task.uses_zone \
-            else []
+        zone_positions = (self._sample_positions(NUM_ZONES, 2 * ZONE_RADIUS + 0.02, [])
+                          if self.task.uses_zone else [])
         # Objects keep clear of the zones, so no object starts inside a goal.
         object_positions = self._sample_positions(self.num_objects, OBJECT_MIN_SPACING, zone_positions,
                                                   clearance=ZONE_RADIUS + OBJECT_HALF_SIZE + 0.01)
