@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from typing import Any, Callable, Dict, Optional
 
 import gymnasium as gym
@@ -76,6 +77,8 @@ def _worker_thunk(cfg, render_mode: Optional[str], vector_index: int) -> Callabl
 
             _WORKER_STATE["thread_limits"] = threadpool_limits(1)
             os.environ["OMP_NUM_THREADS"] = "1"
+            # Ctrl-C reaches the whole process group: the trainer decides how to stop, workers keep serving.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         os.environ.setdefault("MUJOCO_GL", "egl")
         return make_env(cfg, render_mode, vector_index)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections import deque
 from pathlib import Path
@@ -101,6 +102,7 @@ class Trainer:
         self.history: List[Dict[str, float]] = []
         self.best_eval: Optional[Dict[str, float]] = None  # success rate and return of checkpoints/best
         self.final_report: Optional[Dict[str, Any]] = None
+        self.stop_signal: Optional[int] = None
         self.alerted: set = set()
 
         exact_resume = True
@@ -189,8 +191,9 @@ class Trainer:
     def train(self) -> List[Dict[str, float]]:
         """Run until ``total_env_steps``, then evaluate; returns the per-update metrics (also in tensorboard)."""
         every_eval = self.cfg.eval.every_updates
+        previous_handlers = {sig: signal.signal(sig, self._on_stop_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            while self.update_index < self.num_updates:
+            while self.update_index < self.num_updates and self.stop_signal is None:
                 metrics = self.train_one_update()
                 metrics["charts/update"] = float(self.update_index)
                 self.history.append(metrics)
@@ -201,19 +204,29 @@ class Trainer:
                 if every_eval and self.update_index % every_eval == 0 and self.update_index < self.num_updates:
                     self.evaluate_and_keep_best()
                 if self.update_index % self.cfg.checkpoint.every_updates == 0 or \
-                        self.update_index == self.num_updates:
+                        self.update_index == self.num_updates or self.stop_signal is not None:
                     self.save()
-            if self.cfg.eval.at_end and self.cfg.eval.episodes > 0:
+            if self.stop_signal is not None:
+                self.logger.message(f"stopped by {signal.Signals(self.stop_signal).name} at env step "
+                                    f"{self.global_step}; resume with resume={self.run_dir}")
+            elif self.cfg.eval.at_end and self.cfg.eval.episodes > 0:
                 self.final_report = self.evaluate("final", record=self.cfg.eval.video_episodes)
                 self.keep_if_best(self.final_report)
                 self.log_hparams(self.final_report)
-        except KeyboardInterrupt:
-            self.logger.message("interrupted: writing a final checkpoint")
-            self.save()
-            raise
         finally:
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
             self.close()
         return self.history
+
+    def _on_stop_signal(self, signum, frame) -> None:
+        """First SIGINT/SIGTERM: finish the current update, checkpoint, stop. Second: abandon the update now
+        (the last checkpoint stands)."""
+        if self.stop_signal is not None:
+            raise KeyboardInterrupt
+        self.stop_signal = signum
+        self.logger.message(f"{signal.Signals(signum).name}: finishing the current update, then writing a "
+                            "checkpoint (send it again to abandon the update)")
 
     # --------------------------------------------------------------------------------------- evaluation
     def evaluate(self, name: str, record: int = 0) -> Dict[str, Any]:
