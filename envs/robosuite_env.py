@@ -14,8 +14,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.registry import register_env_kind
-from envs.tabletop.env import camera_image_key
-from envs.wrappers import SuccessInfo
+from envs.wrappers import SuccessInfo, camera_image_key
 from vla.errors import ConfigError
 
 # Instruction paraphrases per task (the first is the canonical one, used with instruction_mode=fixed).

@@ -18,6 +18,12 @@ from gymnasium.wrappers import ClipAction, RescaleAction, TimeLimit
 from vla.errors import ConfigError
 
 
+def camera_image_key(camera: str, index: int) -> str:
+    """The env contract's observation key for the ``index``-th camera: the first is ``image``, further cameras
+    are ``<name>_image``."""
+    return "image" if index == 0 else f"{camera}_image"
+
+
 class BoxToDictObservation(gym.ObservationWrapper):
     """Presents a Box-observation env's observation as ``{"state": float32 vector}``."""
 

@@ -71,9 +71,14 @@ def _train(overrides, run_dir):
     return trainer.train(), trainer
 
 
-def test_exact_resume_reproduces_the_uninterrupted_run(tmp_path, small_train_overrides):
+@pytest.mark.parametrize("env", [
+    ["env=reacher"],
+    # our MuJoCo tabletop task: per-episode task state (target, instruction) and text observations come back too
+    ["env=tabletop_reach", "env.use_camera=false", "env.privileged_state=true"],
+])
+def test_exact_resume_reproduces_the_uninterrupted_run(tmp_path, small_train_overrides, env):
     """One sync env, fixed seed: the updates after a resume log the same losses as the uninterrupted run."""
-    overrides = [*small_train_overrides, "num_envs=1", "algo.num_steps=64", "total_env_steps=320",
+    overrides = [*small_train_overrides, *env, "num_envs=1", "algo.num_steps=64", "total_env_steps=320",
                  "checkpoint.every_updates=2", "checkpoint.keep=10", "env.max_episode_steps=40"]
     full, _ = _train(overrides, tmp_path / "full")
     assert len(full) == 5

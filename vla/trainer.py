@@ -306,8 +306,11 @@ class Trainer:
     def save(self, name: Optional[str] = None) -> Path:
         """A checkpoint ``update_<N>`` (or ``name``, e.g. "best", which leaves ``latest`` alone)."""
         snapshots = self.envs.call("get_snapshot")
+        # The observation the next rollout starts from: arrays as tensors, text (instructions) in the JSON state.
         rollout_tensors = {f"next_obs/{k}": torch.as_tensor(v) for k, v in self.next_obs.items()
-                           if isinstance(v, np.ndarray)}
+                           if isinstance(v, np.ndarray) and v.dtype.kind not in "OUS"}
+        rollout_text = {k: [str(x) for x in v] for k, v in self.next_obs.items()
+                        if not (isinstance(v, np.ndarray) and v.dtype.kind not in "OUS")}
         trainer_state = {
             "optimizer": self.ppo.optimizer.state_dict(),
             "reward_scaler": self.reward_scaler.state_dict(),
@@ -325,6 +328,7 @@ class Trainer:
             "action_dim": self.action_dim,
             "rng": rng_json(),
             "env_snapshots": list(snapshots),
+            "next_obs_text": rollout_text,
             "best_eval": self.best_eval,
         }
         return ckpt.save_checkpoint(
@@ -349,6 +353,7 @@ class Trainer:
             self.envs.reset(seed=self.cfg.seed)
             self.envs.call("restore_snapshot", snapshots)
             next_obs = {k[len("next_obs/"):]: v.cpu().numpy() for k, v in trainer_state["rollout"].items()}
+            next_obs.update({k: tuple(v) for k, v in state.get("next_obs_text", {}).items()})
             self.episodes.returns[:] = trainer_state["episode_returns"].numpy()
             self.episodes.lengths[:] = trainer_state["episode_lengths"].numpy()
         else:

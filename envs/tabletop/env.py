@@ -15,6 +15,7 @@ from envs.tabletop.scene import (
     OBJECT_HALF_SIZE, SHAPE_NOUNS, SHAPES, TABLE_HALF_SIZE, ZONE_RADIUS, build_scene_xml,
 )
 from envs.tabletop.tasks import TASKS, TaskMeasures
+from envs.wrappers import camera_image_key
 from vla.errors import ConfigError
 
 MAX_HAND_STEP = 0.02  # metres the hand's position target may move per control step (action bound)
@@ -235,12 +236,6 @@ class TabletopEnv(gym.Env):
             if renderer is not None:
                 renderer.close()
         self._image_renderer = self._video_renderer = None
-
-
-def camera_image_key(camera: str, index: int) -> str:
-    """The env contract's observation key for the ``index``-th camera: the first is ``image``, further cameras
-    are ``<name>_image`` (the robosuite wrapper uses it too)."""
-    return "image" if index == 0 else f"{camera}_image"
 
 
 def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
