@@ -1,6 +1,6 @@
 """PPO on Gymnasium's MuJoCo manipulation tasks (Reacher-v5, Pusher-v5), several seeds, one results table.
 
-Trains this framework's default PPO (``vla-train env=<task>``) and, with ``--sb3``, Stable-Baselines3's PPO with
+Trains this framework's PPO with the task's preset (``vla-train experiment=<task>_ppo``) and, with ``--sb3``, Stable-Baselines3's PPO with
 its default settings on the same tasks, seeds and env-step budget, side by side in one run. Both final policies
 are evaluated the same way: deterministic actions, 20 episodes on fixed seeds 100000..100019, success as defined
 in envs/gym_tasks.py. Also reported: the mean return of the last 100 training episodes (SB3's ``ep_rew_mean``).
@@ -33,7 +33,7 @@ EVAL_SEED, EVAL_EPISODES = 100_000, 20
 def run_ours(task: str, seed: int, steps: int, out: Path) -> dict:
     run_dir = out / f"vla_{task}_s{seed}"
     start = time.time()
-    cmd = [str(Path(sys.executable).parent / "vla-train"), f"env={task}", f"seed={seed}",
+    cmd = [str(Path(sys.executable).parent / "vla-train"), f"experiment={task}_ppo", f"seed={seed}",
            f"total_env_steps={steps}", f"eval.episodes={EVAL_EPISODES}", "torch_threads=1", "progress=false",
            f"hydra.run.dir={run_dir}"]
     subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
