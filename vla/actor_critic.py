@@ -46,6 +46,7 @@ class ActorCritic(nn.Module):
         # Each distinct instruction gets an id the first time it is seen; observations carry the id, and
         # backbones look the text up (and cache its encoding) by id: text is encoded once per instruction.
         self.instruction_ids: Dict[str, int] = {}
+        self.nonfinite_states = 0
         self.backbone.instruction_texts = []
 
     @classmethod
@@ -109,11 +110,16 @@ class ActorCritic(nn.Module):
             elif isinstance(value, np.ndarray):
                 out[key] = torch.as_tensor(value, device=device)
         state = out["state"].float()
+        finite = torch.isfinite(state).all(dim=-1)
+        if not bool(finite.all()):
+            # A NaN/inf state must not poison the normalizer or reach the networks; the trainer counts these
+            # (``nonfinite_states``) and skips the update they are part of.
+            self.nonfinite_states += int((~finite).sum())
         if self.norm_state:
-            if update_stats:
-                self.state_rms.update(state)
+            if update_stats and bool(finite.any()):
+                self.state_rms.update(state[finite])
             state = self.state_rms.normalize(state, self.clip)
-        out["state"] = state
+        out["state"] = torch.nan_to_num(state, nan=0.0, posinf=self.clip, neginf=-self.clip)
         return out
 
     def encode_frozen(self, obs: Dict[str, torch.Tensor]) -> FrozenFeatures:

@@ -363,6 +363,8 @@ class TrainConfig:
     resume: Optional[str] = None
     # Print a console progress bar.
     progress: bool = True
+    # Consecutive updates skipped for NaN/inf (in states, rewards, losses or gradients) before the run stops.
+    max_nonfinite_updates: int = 3
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)

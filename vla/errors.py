@@ -8,3 +8,8 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A config value that composes (hydra checked its key and type) but names something that does not exist."""
+
+
+class TrainingDivergedError(UserError):
+    """NaN or inf kept appearing in observations, rewards, losses or gradients; the run stopped before writing
+    a checkpoint with non-finite weights."""

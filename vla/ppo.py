@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import torch
 from torch import nn
@@ -100,6 +100,7 @@ class UpdateStats:
     grad_norm: float
     action_std: float
     epochs: float  # epochs completed (fractional when the KL early stop fired mid-epoch)
+    optimizer_steps: int  # optimizer steps taken
     skipped_steps: int  # optimizer steps skipped because the loss or gradients were not finite
     early_stopped: bool
 
@@ -202,8 +203,5 @@ class PPO:
             approx_kl=sums["kl"] / n, clip_fraction=sums["clip"] / n,
             explained_variance=explained_variance(old_values, flat_returns),
             grad_norm=sums["grad"] / n, action_std=sums["std"] / n, epochs=epochs_done,
-            skipped_steps=skipped, early_stopped=early_stopped,
+            optimizer_steps=count, skipped_steps=skipped, early_stopped=early_stopped,
         )
-
-    def parameter_groups(self) -> List[str]:
-        return [group["name"] for group in self.optimizer.param_groups]

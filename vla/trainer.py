@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from envs import make_vector_env
 from vla import checkpoint as ckpt
 from vla.actor_critic import ActorCritic
+from vla.errors import TrainingDivergedError
 from vla.evaluate import build_report, run_episodes, write_report, write_videos
 from vla.logger import RunLogger
 from vla.normalize import RewardScaler
@@ -103,6 +104,8 @@ class Trainer:
         self.best_eval: Optional[Dict[str, float]] = None  # success rate and return of checkpoints/best
         self.final_report: Optional[Dict[str, Any]] = None
         self.stop_signal: Optional[int] = None
+        self.nonfinite_rewards = 0
+        self.consecutive_nonfinite = 0
         self.alerted: set = set()
 
         exact_resume = True
@@ -133,6 +136,9 @@ class Trainer:
             self.next_obs, reward, terminated, truncated, info = self.envs.step(actions)
             t2 = time.perf_counter()
             done = terminated | truncated
+            if not np.isfinite(reward).all():
+                self.nonfinite_rewards += int((~np.isfinite(reward)).sum())
+                reward = np.nan_to_num(reward, nan=0.0, posinf=0.0, neginf=0.0)
             reward_t = torch.as_tensor(reward, dtype=torch.float32, device=self.device)
             done_t = torch.as_tensor(done, device=self.device)
             if algo.norm_reward:
@@ -169,24 +175,51 @@ class Trainer:
         advantages, returns = compute_gae(data["reward"], data["value"], data["terminated"], data["truncated"],
                                           data["final_value"], next_value, self.algo.gamma, self.algo.gae_lambda)
         critic_only = self.update_index < self.algo.critic_warmup_updates
-        stats = self.ppo.update(self.storage, advantages, returns, critic_only=critic_only)
+        bad_inputs = self.model.nonfinite_states + self.nonfinite_rewards
+        if bad_inputs:
+            stats = None  # a rollout with NaN/inf inputs would teach the policy nonsense: skip its update
+        else:
+            stats = self.ppo.update(self.storage, advantages, returns, critic_only=critic_only)
+        self.check_finite(stats, bad_inputs)
         self.update_index += 1
         now = time.perf_counter()
         metrics = {
-            "losses/policy": stats.policy_loss, "losses/value": stats.value_loss,
-            "losses/entropy": stats.entropy, "losses/approx_kl": stats.approx_kl,
-            "losses/clip_fraction": stats.clip_fraction, "losses/explained_variance": stats.explained_variance,
-            "losses/grad_norm": stats.grad_norm, "losses/update_epochs": stats.epochs,
-            "losses/skipped_steps": float(stats.skipped_steps),
-            "policy/action_std": stats.action_std,
-            "charts/learning_rate": self.ppo.optimizer.param_groups[0]["lr"],
-            "charts/value_learning_rate": self.ppo.optimizer.param_groups[1]["lr"],
+            "reliability/nonfinite_inputs": float(bad_inputs),
+            "reliability/skipped_minibatches": float(stats.skipped_steps) if stats else float("nan"),
             "perf/sps": self.batch_size / (now - start),
             "perf/update_seconds": now - t_update,
             **timings,
             **self.episodes.drain(),
         }
+        if stats is None:
+            return metrics
+        metrics.update({
+            "losses/policy": stats.policy_loss, "losses/value": stats.value_loss,
+            "losses/entropy": stats.entropy, "losses/approx_kl": stats.approx_kl,
+            "losses/clip_fraction": stats.clip_fraction, "losses/explained_variance": stats.explained_variance,
+            "losses/grad_norm": stats.grad_norm, "losses/update_epochs": stats.epochs,
+            "policy/action_std": stats.action_std,
+            "charts/learning_rate": self.ppo.optimizer.param_groups[0]["lr"],
+            "charts/value_learning_rate": self.ppo.optimizer.param_groups[1]["lr"],
+        })
         return metrics
+
+    def check_finite(self, stats, bad_inputs: int) -> None:
+        """Count updates ruined by NaN/inf; stop the run after ``max_nonfinite_updates`` in a row."""
+        ruined = bad_inputs > 0 or (stats is not None and stats.optimizer_steps == 0 and stats.skipped_steps > 0)
+        self.model.nonfinite_states = self.nonfinite_rewards = 0
+        if not ruined:
+            self.consecutive_nonfinite = 0
+            return
+        self.consecutive_nonfinite += 1
+        what = (f"{bad_inputs} non-finite states/rewards in the rollout" if bad_inputs
+                else "every minibatch had a non-finite loss or gradient")
+        self.logger.message(f"WARNING at step {self.global_step}: update skipped: {what}")
+        if self.consecutive_nonfinite >= self.cfg.max_nonfinite_updates:
+            raise TrainingDivergedError(
+                f"{self.consecutive_nonfinite} updates in a row were skipped for NaN/inf ({what}); stopping. "
+                f"The last checkpoint in {self.checkpoint_root} has finite weights. Check the env's observations "
+                "and rewards, or lower algo.learning_rate; raise max_nonfinite_updates to tolerate more.")
 
     def train(self) -> List[Dict[str, float]]:
         """Run until ``total_env_steps``, then evaluate; returns the per-update metrics (also in tensorboard)."""
@@ -269,6 +302,8 @@ class Trainer:
     def watch(self, metrics: Dict[str, float]) -> None:
         """Say once when exploration collapses or an update moves the policy too far."""
         watch = self.cfg.watch
+        if "losses/policy" not in metrics:  # a skipped update has nothing to watch
+            return
         checks = {
             "action_std_collapse": (metrics["policy/action_std"] < watch.min_action_std,
                                     f"action std {metrics['policy/action_std']:.4f} < {watch.min_action_std}"),
@@ -304,7 +339,14 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------- checkpoints
     def save(self, name: Optional[str] = None) -> Path:
-        """A checkpoint ``update_<N>`` (or ``name``, e.g. "best", which leaves ``latest`` alone)."""
+        """A checkpoint ``update_<N>`` (or ``name``, e.g. "best", which leaves ``latest`` alone).
+        Never with non-finite weights: the previous checkpoint stays the latest instead."""
+        weights = self.model.trainable_state_dict()
+        broken = [key for key, value in weights.items() if value.is_floating_point() and
+                  not bool(torch.isfinite(value).all())]
+        if broken:
+            raise TrainingDivergedError(f"weights {broken[:5]} hold NaN/inf; no checkpoint written, the last one "
+                                        f"in {self.checkpoint_root} stands")
         snapshots = self.envs.call("get_snapshot")
         # The observation the next rollout starts from: arrays as tensors, text (instructions) in the JSON state.
         rollout_tensors = {f"next_obs/{k}": torch.as_tensor(v) for k, v in self.next_obs.items()
@@ -333,7 +375,7 @@ class Trainer:
         }
         return ckpt.save_checkpoint(
             self.checkpoint_root, name or f"update_{self.update_index:06d}",
-            weights=self.model.trainable_state_dict(), trainer_state=trainer_state, state=state,
+            weights=weights, trainer_state=trainer_state, state=state,
             config_yaml=OmegaConf.to_yaml(self.cfg), keep=self.cfg.checkpoint.keep, update_latest=name is None,
         )
 
