@@ -365,6 +365,9 @@ class TrainConfig:
     progress: bool = True
     # Consecutive updates skipped for NaN/inf (in states, rewards, losses or gradients) before the run stops.
     max_nonfinite_updates: int = 3
+    # Env failures (a worker raising or dying) without a completed rollout in between before the run stops;
+    # each failure rebuilds the vector env and drops the episodes in progress.
+    max_env_failures: int = 3
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)

@@ -13,3 +13,7 @@ class ConfigError(UserError, ValueError):
 class TrainingDivergedError(UserError):
     """NaN or inf kept appearing in observations, rewards, losses or gradients; the run stopped before writing
     a checkpoint with non-finite weights."""
+
+
+class EnvFailureError(UserError):
+    """Env workers kept failing (raising or dying) with no completed rollout in between."""

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from envs import make_vector_env
 from vla import checkpoint as ckpt
 from vla.actor_critic import ActorCritic
-from vla.errors import TrainingDivergedError
+from vla.errors import EnvFailureError, TrainingDivergedError
 from vla.evaluate import build_report, run_episodes, write_report, write_videos
 from vla.logger import RunLogger
 from vla.normalize import RewardScaler
@@ -53,6 +53,11 @@ class EpisodeTracker:
             self.recent.append(episode)
             self.returns[i], self.lengths[i] = 0.0, 0
 
+    def drop_in_progress(self) -> None:
+        """Forget the episodes in progress (their envs were restarted)."""
+        self.returns[:] = 0.0
+        self.lengths[:] = 0
+
     def drain(self) -> Dict[str, Optional[float]]:
         episodes, self.finished = self.finished, []
         if not episodes:
@@ -69,6 +74,10 @@ class EpisodeTracker:
             return {}
         return {"success": f"{np.mean([e['success'] for e in self.recent]):.2f}",
                 "return": f"{np.mean([e['return'] for e in self.recent]):.1f}"}
+
+
+class RolloutAbandoned(Exception):
+    """The envs were restarted mid-rollout: the partial rollout is discarded and collected again."""
 
 
 class Trainer:
@@ -106,6 +115,7 @@ class Trainer:
         self.stop_signal: Optional[int] = None
         self.nonfinite_rewards = 0
         self.consecutive_nonfinite = 0
+        self.env_restarts = self.dropped_episodes = self.consecutive_env_failures = 0
         self.alerted: set = set()
 
         exact_resume = True
@@ -133,7 +143,7 @@ class Trainer:
             out = model.act(obs)
             actions = out.action.cpu().numpy()
             t1 = time.perf_counter()
-            self.next_obs, reward, terminated, truncated, info = self.envs.step(actions)
+            self.next_obs, reward, terminated, truncated, info = self.step_envs(actions)
             t2 = time.perf_counter()
             done = terminated | truncated
             if not np.isfinite(reward).all():
@@ -158,16 +168,51 @@ class Trainer:
             if done.any():
                 final_success = np.asarray(info["final_info"].get("success", final_success), dtype=bool)
             self.episodes.step(reward, done, final_success)
-            self.global_step += self.num_envs
             model_time += t1 - t0 + time.perf_counter() - t2
             env_time += t2 - t1
+        self.global_step += self.batch_size
+        self.consecutive_env_failures = 0
         return {"perf/env_seconds": env_time, "perf/inference_seconds": model_time}
+
+    def step_envs(self, actions: np.ndarray):
+        """``envs.step`` that survives a worker raising or dying: the vector env is rebuilt, every episode in
+        progress is dropped (and counted), and the rollout starts over. After ``max_env_failures`` failures
+        without a completed rollout in between, the run stops with the env's own error."""
+        try:
+            return self.envs.step(actions)
+        except Exception as error:  # a worker's exception, or a broken pipe from a killed worker
+            self.consecutive_env_failures += 1
+            self.env_restarts += 1
+            self.dropped_episodes += self.num_envs
+            detail = f"{type(error).__name__}: {error}".strip()
+            env_name = self.cfg.env.get("id") or self.cfg.env.get("task") or self.cfg.env.kind
+            if self.consecutive_env_failures >= self.cfg.max_env_failures:
+                raise EnvFailureError(
+                    f"env {env_name!r} failed {self.consecutive_env_failures} times in a row; last error: "
+                    f"{detail}. The last checkpoint in {self.checkpoint_root} is intact; fix the env and resume "
+                    f"with resume={self.run_dir}") from error
+            self.logger.message(f"WARNING at step {self.global_step}: env {env_name!r} worker failed ({detail}); "
+                                f"restarting the envs, dropping {self.num_envs} episodes in progress")
+            try:
+                self.envs.close(terminate=True)
+            except Exception:  # the pipes of a dead worker are broken already
+                pass
+            self.envs = make_vector_env(self.cfg.env, self.num_envs)
+            self.next_obs, _ = self.envs.reset(seed=self.cfg.seed + 7919 * self.env_restarts)
+            self.episodes.drop_in_progress()
+            self.reward_scaler.discounted_return.zero_()
+            raise RolloutAbandoned from error
 
     # ------------------------------------------------------------------------------------------- update
     def train_one_update(self) -> Dict[str, float]:
         start = time.perf_counter()
         self.ppo.set_progress(self.update_index / self.num_updates)
-        timings = self.collect_rollout()
+        while True:
+            try:
+                timings = self.collect_rollout()
+                break
+            except RolloutAbandoned:
+                continue
         t_update = time.perf_counter()
         data = self.storage.data
         with torch.no_grad():
@@ -185,6 +230,8 @@ class Trainer:
         now = time.perf_counter()
         metrics = {
             "reliability/nonfinite_inputs": float(bad_inputs),
+            "reliability/env_restarts": float(self.env_restarts),
+            "reliability/dropped_episodes": float(self.dropped_episodes),
             "reliability/skipped_minibatches": float(stats.skipped_steps) if stats else float("nan"),
             "perf/sps": self.batch_size / (now - start),
             "perf/update_seconds": now - t_update,
