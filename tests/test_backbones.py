@@ -14,8 +14,6 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from critics import build_critic
-from policies import build_policy
 from tests.conftest import train_config
 from vla.actor_critic import FROZEN_PREFIX, ActorCritic
 from vla.backbones import build_backbone
@@ -92,15 +90,32 @@ def collect(model: ActorCritic, env: gym.Env, num_steps: int, num_envs: int, see
     return storage, observations
 
 
-def ppo_update(model: ActorCritic, storage: RolloutStorage, seed: int = 0, **algo_overrides):
-    """One PPO update (fixed minibatch order) over ``storage``; returns its stats."""
-    algo = train_config(*[f"algo.{k}={v}" for k, v in {"update_epochs": 2, "num_minibatches": 2,
-                                                         **algo_overrides}.items()]).algo
+def without_cached_features(storage: RolloutStorage, observations) -> RolloutStorage:
+    """The rollout as ``act`` stores it when the frozen stage cannot be cached: the observations themselves
+    (images, instruction ids, state) instead of the frozen features, so every update re-runs the towers."""
+    raw = copy.deepcopy(storage)
+    frozen_keys = [key for key in storage.data if key.startswith("in/" + FROZEN_PREFIX)]
+    assert frozen_keys, "this rollout holds no cached features"
+    for key in frozen_keys:
+        del raw.data[key]
+    for key in observations[0]:
+        raw.data[f"in/{key}"] = torch.stack([o[key] for o in observations])
+    return raw
+
+
+def ppo_config(**overrides):
+    """The PPO config with small-update defaults (2 epochs of 2 minibatches) and ``overrides`` applied."""
+    return train_config(*[f"algo.{key}={value}" for key, value in
+                          {"update_epochs": 2, "num_minibatches": 2, **overrides}.items()]).algo
+
+
+def ppo_update(model: ActorCritic, storage: RolloutStorage, algo=None, seed: int = 0):
+    """One PPO update (minibatch order fixed by ``seed``) over ``storage``; returns its stats."""
     data = storage.data
     advantages, returns = compute_gae(data["reward"], data["value"], data["terminated"], data["truncated"],
                                       data["final_value"], torch.zeros(storage.num_envs), 0.99, 0.95)
     torch.manual_seed(seed)
-    return PPO(algo, model).update(storage, advantages, returns)
+    return PPO(algo or ppo_config(), model).update(storage, advantages, returns)
 
 
 def actor_critic(env: gym.Env, *overrides: str) -> ActorCritic:
@@ -195,28 +210,18 @@ def test_towers_only_the_projection_trains_and_frozen_weights_stay_bit_identical
     assert changed, "the trainable projection did not train"
 
 
-@pytest.mark.parametrize("backbone_overrides", [
-    ("backbone=state", "backbone.mode=mlp", "backbone.hidden_size=16"),
-    ("towers",),
-], ids=["state-mlp", "towers"])
-def test_feature_caching_gives_the_same_update_as_recomputing(backbone_overrides, towers_model):
+@pytest.mark.parametrize("backbone", ["state_mlp", "towers"])
+def test_feature_caching_gives_the_same_update_as_recomputing(backbone, towers_model):
     """Two identical models run one PPO update on the same rollout: one reads the cached frozen features, the
     other re-runs the frozen stage in every minibatch. Losses and resulting weights must agree."""
     env = ImageInstructionEnv(image_size=32)
-    if backbone_overrides == ("towers",):
+    if backbone == "towers":
         cached = copy.deepcopy(towers_model)
     else:
-        cached = actor_critic(env, *backbone_overrides)
+        cached = actor_critic(env, "backbone=state", "backbone.mode=mlp", "backbone.hidden_size=16")
     storage, observations = collect(cached, env, num_steps=4, num_envs=4)
     recomputed = copy.deepcopy(cached)  # after the rollout: same weights, normalizer and instruction ids
-    # What act stores when the frozen stage cannot be cached: the observations themselves.
-    raw_storage = copy.deepcopy(storage)
-    frozen_keys = [key for key in storage.data if key.startswith("in/" + FROZEN_PREFIX)]
-    assert frozen_keys
-    for key in frozen_keys:
-        del raw_storage.data[key]
-    for key in observations[0]:
-        raw_storage.data[f"in/{key}"] = torch.stack([o[key] for o in observations])
+    raw_storage = without_cached_features(storage, observations)
 
     stats_cached = ppo_update(cached, storage)
     stats_recomputed = ppo_update(recomputed, raw_storage)
