@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from envs import make_vector_env
 from vla import checkpoint as ckpt
 from vla.actor_critic import ActorCritic
-from vla.errors import EnvFailureError, TrainingDivergedError
+from vla.errors import ConfigError, EnvFailureError, TrainingDivergedError
 from vla.evaluate import build_report, run_episodes, write_report, write_videos
 from vla.logger import RunLogger
 from vla.normalize import RewardScaler
@@ -101,6 +101,9 @@ class Trainer:
         self.envs = make_vector_env(cfg.env, self.num_envs)
         obs_space, action_space = self.envs.single_observation_space, self.envs.single_action_space
         self.model = ActorCritic.from_config(cfg, obs_space, action_space).to(self.device)
+        if getattr(self.model.expert, "chunk_size", 1) > 1:
+            raise ConfigError(f"policy.chunk_size={self.model.expert.chunk_size}: PPO training with action chunks "
+                              "is not supported yet (the trainer steps one action per decision); use chunk_size=1")
         self.state_dim = int(obs_space["state"].shape[0])
         self.action_dim = int(np.prod(action_space.shape))
         self.reward_scaler = RewardScaler(self.num_envs, self.algo.gamma, self.algo.clip_norm).to(self.device)
