@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, Optional
 
 import gymnasium as gym
 
+from envs.contract import EnvContract
 from envs.wrappers import BoxToDictObservation, Snapshot, SuccessInfo, normalize_actions
 from vla.errors import ConfigError
 
@@ -59,7 +60,7 @@ def make_env(cfg, render_mode: Optional[str] = None, vector_index: int = 0) -> g
     env = _BUILDERS[cfg.kind](cfg, render_mode)
     if cfg.max_episode_steps is not None:
         env = TimeLimitOverride(env, cfg.max_episode_steps)
-    return Snapshot(normalize_actions(env), vector_index)
+    return Snapshot(EnvContract(normalize_actions(env)), vector_index)
 
 
 class TimeLimitOverride(gym.wrappers.TimeLimit):
