@@ -344,6 +344,28 @@ class WatchConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Where rollouts are collected. "none": the trainer steps its own vector env. "ray": env workers run as Ray
+    actors (on any node of a Ray cluster), each with a vector env and a copy of the policy; the trainer is the
+    central learner that updates and broadcasts the trainable weights (see vla/distributed.py)."""
+
+    # "none" or "ray".
+    name: str = "none"
+    # Rollout worker actors (ray only).
+    num_workers: int = 2
+    # Envs each worker steps; None: num_envs split evenly between the workers. When set, the run has
+    # num_workers * envs_per_worker envs in all (num_envs is then ignored).
+    envs_per_worker: Optional[int] = None
+    # Ray cluster to join: "auto" (the cluster started on this node with `ray start`), "ray://host:10001" or
+    # None (start a local Ray instance with this machine's CPUs).
+    address: Optional[str] = None
+    # CPUs Ray reserves for each worker actor (its env processes and policy copy); Ray places workers by it.
+    cpus_per_worker: float = 1.0
+    # Torch threads of each worker's policy copy.
+    worker_torch_threads: int = 1
+
+
+@dataclass
 class TrainConfig:
     env: EnvConfig = MISSING
     backbone: BackboneConfig = MISSING
@@ -371,6 +393,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 @dataclass
@@ -408,3 +431,4 @@ def register_configs() -> None:
     cs.store(group="critic", name="mlp_schema", node=MLPCriticConfig)
     cs.store(group="critic", name="attention_schema", node=AttentionCriticConfig)
     cs.store(group="algo", name="ppo_schema", node=PPOConfig)
+    cs.store(group="distributed", name="distributed_schema", node=DistributedConfig)

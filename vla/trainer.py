@@ -5,8 +5,9 @@ from __future__ import annotations
 import signal
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -47,11 +48,14 @@ class EpisodeTracker:
         self.returns += rewards
         self.lengths += 1
         for i in np.flatnonzero(done):
-            episode = {"return": float(self.returns[i]), "length": int(self.lengths[i]),
-                       "success": float(final_success[i])}
-            self.finished.append(episode)
-            self.recent.append(episode)
+            self.add({"return": float(self.returns[i]), "length": int(self.lengths[i]),
+                      "success": float(final_success[i])})
             self.returns[i], self.lengths[i] = 0.0, 0
+
+    def add(self, episode: Dict[str, float]) -> None:
+        """A finished episode (also how a rollout worker's episodes reach the learner's tracker)."""
+        self.finished.append(episode)
+        self.recent.append(episode)
 
     def drop_in_progress(self) -> None:
         """Forget the episodes in progress (their envs were restarted)."""
@@ -80,6 +84,142 @@ class RolloutAbandoned(Exception):
     """The envs were restarted mid-rollout: the partial rollout is discarded and collected again."""
 
 
+@dataclass
+class CollectedRollout:
+    """What a rollout leaves besides the storage it filled."""
+
+    next_value: torch.Tensor  # (N,) V(the observation the next rollout starts from), for GAE's last step
+    fresh_envs: np.ndarray  # (N,) bool: envs whose episodes were dropped (restarted) during this collection
+    metrics: Dict[str, float]  # where the time went (perf/*), and what else the rollout source reports
+
+
+class EnvRunner:
+    """A vector env stepped by the policy, rollout after rollout. The trainer holds one (distributed=none); with
+    distributed=ray every rollout worker holds one (vla/distributed.py).
+
+    Rewards go into the storage as the env returned them (NaN/inf zeroed and counted in ``nonfinite_rewards``):
+    the learner scales them over the whole rollout, so local and distributed rollouts share one normalizer.
+    A worker that raises or dies rebuilds the vector env; the episodes in progress are dropped and counted,
+    and the rollout starts over. After ``max_env_failures`` failures without a completed rollout in between,
+    ``EnvFailureError`` carries the env's own error.
+    """
+
+    restores_snapshots = True  # checkpoints resume its episodes in progress exactly
+
+    def __init__(self, env_cfg, num_envs: int, seed: int, max_env_failures: int, episodes: EpisodeTracker,
+                 warn: Callable[[str], None], resume_hint: str):
+        self.env_cfg, self.num_envs, self.seed = env_cfg, num_envs, seed
+        self.max_env_failures, self.episodes = max_env_failures, episodes
+        self.warn, self.resume_hint = warn, resume_hint
+        self.envs = make_vector_env(env_cfg, num_envs)
+        self.next_obs: Dict[str, np.ndarray] = {}
+        self.env_restarts = self.dropped_episodes = self.consecutive_env_failures = self.nonfinite_rewards = 0
+        # Also store the raw (unnormalized) states as "raw_state": on a Ray worker, the learner updates its
+        # state normalizer from them.
+        self.keep_raw_states = False
+
+    @property
+    def observation_space(self):
+        return self.envs.single_observation_space
+
+    @property
+    def action_space(self):
+        return self.envs.single_action_space
+
+    def reset(self, seed: int) -> None:
+        self.next_obs, _ = self.envs.reset(seed=seed)
+
+    def snapshots(self) -> List[Optional[Dict[str, Any]]]:
+        """Exact simulator states of the episodes in progress (None where an env cannot capture its state)."""
+        return list(self.envs.call("get_snapshot"))
+
+    def restore(self, snapshots: List[Dict[str, Any]], next_obs: Dict[str, np.ndarray]) -> None:
+        self.envs.reset(seed=self.seed)
+        self.envs.call("restore_snapshot", snapshots)
+        self.next_obs = next_obs
+
+    def collect(self, model: ActorCritic, storage: RolloutStorage, update_state_stats: bool) -> CollectedRollout:
+        restarts_before = self.env_restarts
+        while True:
+            try:
+                timings = self._collect_once(model, storage, update_state_stats)
+                break
+            except RolloutAbandoned:
+                continue
+        with torch.no_grad():
+            next_value = model.value(model.to_tensors(self.next_obs))
+        fresh = np.full(self.num_envs, self.env_restarts > restarts_before)
+        return CollectedRollout(next_value, fresh, timings)
+
+    def _collect_once(self, model: ActorCritic, storage: RolloutStorage,
+                      update_state_stats: bool) -> Dict[str, float]:
+        storage.reset()
+        device = storage.device
+        env_time = model_time = 0.0
+        for _ in range(storage.num_steps):
+            t0 = time.perf_counter()
+            raw_state = {"raw_state": torch.as_tensor(self.next_obs["state"])} if self.keep_raw_states else {}
+            obs = model.to_tensors(self.next_obs, update_stats=update_state_stats)
+            out = model.act(obs)
+            actions = out.action.cpu().numpy()
+            t1 = time.perf_counter()
+            self.next_obs, reward, terminated, truncated, info = self.step_envs(actions)
+            t2 = time.perf_counter()
+            done = terminated | truncated
+            if not np.isfinite(reward).all():
+                self.nonfinite_rewards += int((~np.isfinite(reward)).sum())
+                reward = np.nan_to_num(reward, nan=0.0, posinf=0.0, neginf=0.0)
+            final_values = torch.zeros(self.num_envs, device=device)
+            cut = np.flatnonzero(truncated & ~terminated)
+            if len(cut):
+                # The time limit cut these episodes: their return continues past the cut, so bootstrap from
+                # the value of the observation the episode ended in (not the reset observation we now hold).
+                final_obs = model.to_tensors(stack_obs([info["final_obs"][i] for i in cut]))
+                final_values[cut] = model.value(final_obs)
+            storage.add(**{f"in/{k}": v for k, v in out.update_inputs.items()},
+                        action=out.action, log_prob=out.log_prob, value=out.value,
+                        reward=torch.as_tensor(reward, dtype=torch.float32, device=device),
+                        terminated=torch.as_tensor(terminated, device=device),
+                        truncated=torch.as_tensor(truncated, device=device), final_value=final_values,
+                        **raw_state)
+            final_success = np.zeros(self.num_envs, dtype=bool)
+            if done.any():
+                final_success = np.asarray(info["final_info"].get("success", final_success), dtype=bool)
+            self.episodes.step(reward, done, final_success)
+            model_time += t1 - t0 + time.perf_counter() - t2
+            env_time += t2 - t1
+        self.consecutive_env_failures = 0
+        return {"perf/env_seconds": env_time, "perf/inference_seconds": model_time}
+
+    def step_envs(self, actions: np.ndarray):
+        """``envs.step`` that survives a worker raising or dying (see the class docstring)."""
+        try:
+            return self.envs.step(actions)
+        except Exception as error:  # a worker's exception, or a broken pipe from a killed worker
+            self.consecutive_env_failures += 1
+            self.env_restarts += 1
+            self.dropped_episodes += self.num_envs
+            detail = f"{type(error).__name__}: {error}".strip()
+            env_name = self.env_cfg.get("id") or self.env_cfg.get("task") or self.env_cfg.kind
+            if self.consecutive_env_failures >= self.max_env_failures:
+                raise EnvFailureError(
+                    f"env {env_name!r} failed {self.consecutive_env_failures} times in a row; last error: "
+                    f"{detail}. {self.resume_hint}") from error
+            self.warn(f"env {env_name!r} worker failed ({detail}); restarting the envs, dropping "
+                      f"{self.num_envs} episodes in progress")
+            try:
+                self.envs.close(terminate=True)
+            except Exception:  # the pipes of a dead worker are broken already
+                pass
+            self.envs = make_vector_env(self.env_cfg, self.num_envs)
+            self.reset(seed=self.seed + 7919 * self.env_restarts)
+            self.episodes.drop_in_progress()
+            raise RolloutAbandoned from error
+
+    def close(self) -> None:
+        self.envs.close()
+
+
 class Trainer:
     def __init__(self, cfg, run_dir: Path):
         self.cfg = cfg
@@ -89,7 +229,12 @@ class Trainer:
         torch.use_deterministic_algorithms(cfg.deterministic_torch)
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
+        distributed = cfg.distributed
+        if distributed.name not in ("none", "ray"):
+            raise ConfigError(f"distributed={distributed.name!r}; use 'none' or 'ray'")
         self.num_envs = cfg.num_envs
+        if distributed.name == "ray" and distributed.envs_per_worker is not None:
+            self.num_envs = distributed.num_workers * distributed.envs_per_worker
         self.batch_size = self.algo.num_steps * self.num_envs
         self.num_updates = max(1, cfg.total_env_steps // self.batch_size)
 
@@ -98,8 +243,17 @@ class Trainer:
         self.run_dir = resume_from["path"].parent.parent if resume_from else run_dir
         self.checkpoint_root = self.run_dir / "checkpoints"
 
-        self.envs = make_vector_env(cfg.env, self.num_envs)
-        obs_space, action_space = self.envs.single_observation_space, self.envs.single_action_space
+        self.episodes = EpisodeTracker(self.num_envs)
+        resume_hint = (f"The last checkpoint in {self.checkpoint_root} is intact; fix the env and resume with "
+                       f"resume={self.run_dir}")
+        if distributed.name == "ray":
+            from vla.distributed import RayRollouts
+
+            self.rollouts = RayRollouts(cfg, self.num_envs, self.episodes, self._warn, resume_hint)
+        else:
+            self.rollouts = EnvRunner(cfg.env, self.num_envs, cfg.seed, cfg.max_env_failures, self.episodes,
+                                      self._warn, resume_hint)
+        obs_space, action_space = self.rollouts.observation_space, self.rollouts.action_space
         self.model = ActorCritic.from_config(cfg, obs_space, action_space).to(self.device)
         if getattr(self.model.expert, "chunk_size", 1) > 1:
             raise ConfigError(f"policy.chunk_size={self.model.expert.chunk_size}: PPO training with action chunks "
@@ -109,23 +263,20 @@ class Trainer:
         self.reward_scaler = RewardScaler(self.num_envs, self.algo.gamma, self.algo.clip_norm).to(self.device)
         self.ppo = PPO(self.algo, self.model)
         self.storage = RolloutStorage(self.algo.num_steps, self.num_envs, self.device)
-        self.episodes = EpisodeTracker(self.num_envs)
         self.update_index = 0
         self.global_step = 0
         self.history: List[Dict[str, float]] = []
         self.best_eval: Optional[Dict[str, float]] = None  # success rate and return of checkpoints/best
         self.final_report: Optional[Dict[str, Any]] = None
         self.stop_signal: Optional[int] = None
-        self.nonfinite_rewards = 0
         self.consecutive_nonfinite = 0
-        self.env_restarts = self.dropped_episodes = self.consecutive_env_failures = 0
         self.alerted: set = set()
 
         exact_resume = True
         if resume_from is not None:
-            self.next_obs, exact_resume = self._restore(resume_from)
+            exact_resume = self._restore(resume_from)
         else:
-            self.next_obs, _ = self.envs.reset(seed=cfg.seed)
+            self.rollouts.reset(seed=cfg.seed)
         self.logger = RunLogger(self.run_dir, self.num_updates * self.batch_size, self.global_step, cfg.progress)
         if resume_from is not None:
             self.logger.message(f"resumed from {resume_from['path']} at env step {self.global_step}")
@@ -136,94 +287,42 @@ class Trainer:
             self.logger.writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg) + "\n```", 0)
 
     # ------------------------------------------------------------------------------------------ rollout
-    def collect_rollout(self) -> Dict[str, float]:
-        model, algo, storage = self.model, self.algo, self.storage
-        storage.reset()
-        env_time = model_time = 0.0
-        for _ in range(algo.num_steps):
-            t0 = time.perf_counter()
-            obs = model.to_tensors(self.next_obs, update_stats=algo.norm_state)
-            out = model.act(obs)
-            actions = out.action.cpu().numpy()
-            t1 = time.perf_counter()
-            self.next_obs, reward, terminated, truncated, info = self.step_envs(actions)
-            t2 = time.perf_counter()
-            done = terminated | truncated
-            if not np.isfinite(reward).all():
-                self.nonfinite_rewards += int((~np.isfinite(reward)).sum())
-                reward = np.nan_to_num(reward, nan=0.0, posinf=0.0, neginf=0.0)
-            reward_t = torch.as_tensor(reward, dtype=torch.float32, device=self.device)
-            done_t = torch.as_tensor(done, device=self.device)
-            if algo.norm_reward:
-                reward_t = self.reward_scaler(reward_t, done_t)
-            final_values = torch.zeros(self.num_envs, device=self.device)
-            cut = np.flatnonzero(truncated & ~terminated)
-            if len(cut):
-                # The time limit cut these episodes: their return continues past the cut, so bootstrap from
-                # the value of the observation the episode ended in (not the reset observation we now hold).
-                final_obs = model.to_tensors(stack_obs([info["final_obs"][i] for i in cut]))
-                final_values[cut] = model.value(final_obs)
-            storage.add(**{f"in/{k}": v for k, v in out.update_inputs.items()},
-                        action=out.action, log_prob=out.log_prob, value=out.value, reward=reward_t,
-                        terminated=torch.as_tensor(terminated, device=self.device),
-                        truncated=torch.as_tensor(truncated, device=self.device), final_value=final_values)
-            final_success = np.zeros(self.num_envs, dtype=bool)
-            if done.any():
-                final_success = np.asarray(info["final_info"].get("success", final_success), dtype=bool)
-            self.episodes.step(reward, done, final_success)
-            model_time += t1 - t0 + time.perf_counter() - t2
-            env_time += t2 - t1
-        self.global_step += self.batch_size
-        self.consecutive_env_failures = 0
-        return {"perf/env_seconds": env_time, "perf/inference_seconds": model_time}
+    @property
+    def env_restarts(self) -> int:
+        return self.rollouts.env_restarts
 
-    def step_envs(self, actions: np.ndarray):
-        """``envs.step`` that survives a worker raising or dying: the vector env is rebuilt, every episode in
-        progress is dropped (and counted), and the rollout starts over. After ``max_env_failures`` failures
-        without a completed rollout in between, the run stops with the env's own error."""
-        try:
-            return self.envs.step(actions)
-        except Exception as error:  # a worker's exception, or a broken pipe from a killed worker
-            self.consecutive_env_failures += 1
-            self.env_restarts += 1
-            self.dropped_episodes += self.num_envs
-            detail = f"{type(error).__name__}: {error}".strip()
-            env_name = self.cfg.env.get("id") or self.cfg.env.get("task") or self.cfg.env.kind
-            if self.consecutive_env_failures >= self.cfg.max_env_failures:
-                raise EnvFailureError(
-                    f"env {env_name!r} failed {self.consecutive_env_failures} times in a row; last error: "
-                    f"{detail}. The last checkpoint in {self.checkpoint_root} is intact; fix the env and resume "
-                    f"with resume={self.run_dir}") from error
-            self.logger.message(f"WARNING at step {self.global_step}: env {env_name!r} worker failed ({detail}); "
-                                f"restarting the envs, dropping {self.num_envs} episodes in progress")
-            try:
-                self.envs.close(terminate=True)
-            except Exception:  # the pipes of a dead worker are broken already
-                pass
-            self.envs = make_vector_env(self.cfg.env, self.num_envs)
-            self.next_obs, _ = self.envs.reset(seed=self.cfg.seed + 7919 * self.env_restarts)
-            self.episodes.drop_in_progress()
-            self.reward_scaler.discounted_return.zero_()
-            raise RolloutAbandoned from error
+    @property
+    def dropped_episodes(self) -> int:
+        return self.rollouts.dropped_episodes
+
+    def _warn(self, message: str) -> None:
+        self.logger.message(f"WARNING at step {self.global_step}: {message}")
+
+    def collect_rollout(self) -> CollectedRollout:
+        """Fill the storage with the next rollout (locally or from the Ray workers), then scale its rewards."""
+        rollout = self.rollouts.collect(self.model, self.storage, update_state_stats=self.algo.norm_state)
+        # Episodes dropped by an env restart must not pass their discounted return on to new ones.
+        self.reward_scaler.discounted_return[torch.as_tensor(rollout.fresh_envs, device=self.device)] = 0.0
+        if self.algo.norm_reward:
+            data = self.storage.data
+            done = data["terminated"] | data["truncated"]
+            for t in range(self.storage.num_steps):
+                data["reward"][t] = self.reward_scaler(data["reward"][t], done[t])
+        self.global_step += self.batch_size
+        return rollout
 
     # ------------------------------------------------------------------------------------------- update
     def train_one_update(self) -> Dict[str, float]:
         start = time.perf_counter()
         self.ppo.set_progress(self.update_index / self.num_updates)
-        while True:
-            try:
-                timings = self.collect_rollout()
-                break
-            except RolloutAbandoned:
-                continue
+        rollout = self.collect_rollout()
         t_update = time.perf_counter()
         data = self.storage.data
-        with torch.no_grad():
-            next_value = self.model.value(self.model.to_tensors(self.next_obs))
         advantages, returns = compute_gae(data["reward"], data["value"], data["terminated"], data["truncated"],
-                                          data["final_value"], next_value, self.algo.gamma, self.algo.gae_lambda)
+                                          data["final_value"], rollout.next_value, self.algo.gamma,
+                                          self.algo.gae_lambda)
         critic_only = self.update_index < self.algo.critic_warmup_updates
-        bad_inputs = self.model.nonfinite_states + self.nonfinite_rewards
+        bad_inputs = self.model.nonfinite_states + self.rollouts.nonfinite_rewards
         if bad_inputs:
             stats = None  # a rollout with NaN/inf inputs would teach the policy nonsense: skip its update
         else:
@@ -238,7 +337,7 @@ class Trainer:
             "reliability/skipped_minibatches": float(stats.skipped_steps) if stats else float("nan"),
             "perf/sps": self.batch_size / (now - start),
             "perf/update_seconds": now - t_update,
-            **timings,
+            **rollout.metrics,
             **self.episodes.drain(),
         }
         if stats is None:
@@ -257,7 +356,7 @@ class Trainer:
     def check_finite(self, stats, bad_inputs: int) -> None:
         """Count updates ruined by NaN/inf; stop the run after ``max_nonfinite_updates`` in a row."""
         ruined = bad_inputs > 0 or (stats is not None and stats.optimizer_steps == 0 and stats.skipped_steps > 0)
-        self.model.nonfinite_states = self.nonfinite_rewards = 0
+        self.model.nonfinite_states = self.rollouts.nonfinite_rewards = 0
         if not ruined:
             self.consecutive_nonfinite = 0
             return
@@ -385,7 +484,7 @@ class Trainer:
 
     def close(self) -> None:
         self.logger.close()
-        self.envs.close()
+        self.rollouts.close()
 
     # -------------------------------------------------------------------------------------- checkpoints
     def save(self, name: Optional[str] = None) -> Path:
@@ -397,11 +496,12 @@ class Trainer:
         if broken:
             raise TrainingDivergedError(f"weights {broken[:5]} hold NaN/inf; no checkpoint written, the last one "
                                         f"in {self.checkpoint_root} stands")
-        snapshots = self.envs.call("get_snapshot")
+        snapshots = self.rollouts.snapshots()
         # The observation the next rollout starts from: arrays as tensors, text (instructions) in the JSON state.
-        rollout_tensors = {f"next_obs/{k}": torch.as_tensor(v) for k, v in self.next_obs.items()
+        next_obs = self.rollouts.next_obs
+        rollout_tensors = {f"next_obs/{k}": torch.as_tensor(v) for k, v in next_obs.items()
                            if isinstance(v, np.ndarray) and v.dtype.kind not in "OUS"}
-        rollout_text = {k: [str(x) for x in v] for k, v in self.next_obs.items()
+        rollout_text = {k: [str(x) for x in v] for k, v in next_obs.items()
                         if not (isinstance(v, np.ndarray) and v.dtype.kind not in "OUS")}
         trainer_state = {
             "optimizer": self.ppo.optimizer.state_dict(),
@@ -429,8 +529,9 @@ class Trainer:
             config_yaml=OmegaConf.to_yaml(self.cfg), keep=self.cfg.checkpoint.keep, update_latest=name is None,
         )
 
-    def _restore(self, loaded: Dict[str, Any]) -> Tuple[Dict[str, np.ndarray], bool]:
-        """Load weights, optimizer, normalizers, counters, RNGs and (when possible) exact env states."""
+    def _restore(self, loaded: Dict[str, Any]) -> bool:
+        """Load weights, optimizer, normalizers, counters, RNGs and (when possible) exact env states; True when
+        the env states came back exactly."""
         state, trainer_state = loaded["state"], loaded["trainer"]
         ckpt.check_compatible(state, backbone_identity=self.model.backbone.identity(), state_dim=self.state_dim,
                               action_dim=self.action_dim, path=loaded["path"])
@@ -439,13 +540,13 @@ class Trainer:
         self.global_step, self.update_index = state["global_step"], state["update_index"]
         self.best_eval = state.get("best_eval")
         snapshots = state.get("env_snapshots") or []
-        exact = state.get("num_envs") == self.num_envs and len(snapshots) == self.num_envs and all(snapshots)
+        exact = (self.rollouts.restores_snapshots and state.get("num_envs") == self.num_envs
+                 and len(snapshots) == self.num_envs and all(snapshots))
         if exact:
             self.reward_scaler.load_state_dict(trainer_state["reward_scaler"])
-            self.envs.reset(seed=self.cfg.seed)
-            self.envs.call("restore_snapshot", snapshots)
             next_obs = {k[len("next_obs/"):]: v.cpu().numpy() for k, v in trainer_state["rollout"].items()}
             next_obs.update({k: tuple(v) for k, v in state.get("next_obs_text", {}).items()})
+            self.rollouts.restore(snapshots, next_obs)
             self.episodes.returns[:] = trainer_state["episode_returns"].numpy()
             self.episodes.lengths[:] = trainer_state["episode_lengths"].numpy()
         else:
@@ -453,6 +554,6 @@ class Trainer:
             # the partial episodes at checkpoint time are dropped.
             self.reward_scaler.load_state_dict(trainer_state["reward_scaler"])
             self.reward_scaler.discounted_return.zero_()
-            next_obs, _ = self.envs.reset(seed=self.cfg.seed + self.global_step)
+            self.rollouts.reset(seed=self.cfg.seed + self.global_step)
         restore_rng(trainer_state["rng"], state["rng"])
-        return next_obs, exact
+        return exact
