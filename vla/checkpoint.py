@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -159,10 +160,23 @@ def load_checkpoint(checkpoint_dir: Path, map_location: str | torch.device = "cp
     """Load a verified checkpoint: {"weights", "trainer", "state", "config_yaml", "path"}."""
     checkpoint_dir = resolve_checkpoint(checkpoint_dir)
     trainer_path = checkpoint_dir / "trainer.pt"
+    trainer_state = {}
+    if trainer_path.exists():
+        try:
+            trainer_state = torch.load(trainer_path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as error:
+            # weights_only=True refuses any pickled object other than tensors and plain containers: a file
+            # carrying code (a __reduce__ payload) stops here, before anything of it runs. Of torch's message only
+            # the line naming the refused object is kept (the rest suggests weights_only=False).
+            reason = next((line for line in str(error).splitlines() if "GLOBAL" in line),
+                          "an object the weights-only unpickler does not allow")
+            raise CheckpointError(
+                f"refusing {trainer_path}: it holds objects other than tensors and plain containers, which "
+                f"vla-train never writes, so the file was altered or made elsewhere ({reason}). Only load "
+                "checkpoints from sources you trust.") from error
     return {
         "weights": load_file(str(checkpoint_dir / "model.safetensors"), device=str(map_location)),
-        "trainer": torch.load(trainer_path, map_location=map_location, weights_only=True)
-        if trainer_path.exists() else {},
+        "trainer": trainer_state,
         "state": json.loads((checkpoint_dir / "state.json").read_text()),
         "config_yaml": (checkpoint_dir / "config.yaml").read_text(),
         "path": checkpoint_dir,
