@@ -41,12 +41,15 @@ class WrongStateSize(gym.Env):
 
 class CameraEnv(gym.Env):
     """Declares ``state`` (4,) float32, ``image`` 16x16x3 uint8 and an ``instruction``; returns images of
-    ``image_shape``/``image_dtype`` and ``instruction`` as given (the declared ones by default)."""
+    ``image_shape``/``image_dtype`` and ``instruction`` as given (the declared ones by default), leaves the
+    observation key ``leave_out`` out, and ``info["success"]`` unless ``report_success`` is false."""
 
     def __init__(self, image_shape=IMAGE_SHAPE, image_dtype: str = "uint8", instruction="reach the red cube",
-                 render_mode=None):
+                 leave_out=None, report_success: bool = True, render_mode=None):
         self.image = np.zeros(tuple(image_shape), dtype=image_dtype)
         self.instruction = instruction
+        self.leave_out = leave_out
+        self.info = {"success": False} if report_success else {}
         self.observation_space = spaces.Dict({
             "state": spaces.Box(-np.inf, np.inf, (STATE_SIZE,), np.float32),
             "image": spaces.Box(0, 255, IMAGE_SHAPE, np.uint8),
@@ -55,15 +58,17 @@ class CameraEnv(gym.Env):
         self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
 
     def _observation(self):
-        return {"state": np.zeros(STATE_SIZE, dtype=np.float32), "image": self.image,
-                "instruction": self.instruction}
+        observation = {"state": np.zeros(STATE_SIZE, dtype=np.float32), "image": self.image,
+                       "instruction": self.instruction}
+        observation.pop(self.leave_out, None)
+        return observation
 
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
-        return self._observation(), {"success": False}
+        return self._observation(), dict(self.info)
 
     def step(self, action):
-        return self._observation(), 0.0, False, False, {"success": False}
+        return self._observation(), 0.0, False, False, dict(self.info)
 
 
 gym.register("WrongStateSize-v0", entry_point=WrongStateSize, max_episode_steps=20)
@@ -72,5 +77,6 @@ gym.register("CameraEnv-v0", entry_point=CameraEnv, max_episode_steps=20)
 
 @register_env_kind("dict_gym")
 def build_dict_gym(cfg, render_mode):
-    """A gymnasium id whose env already returns Dict observations and ``info["success"]`` (no adapters)."""
-    return gym.make(cfg.id, render_mode=render_mode, **dict(cfg.kwargs))
+    """A gymnasium id whose env already returns Dict observations and ``info["success"]`` (no adapters).
+    gymnasium's passive env checker is off, so the framework's own contract check is what meets a bad env."""
+    return gym.make(cfg.id, render_mode=render_mode, disable_env_checker=True, **dict(cfg.kwargs))

@@ -132,6 +132,9 @@ def test_a_custom_env_that_keeps_the_contract_passes():
     ({"image_shape": [16, 16, 4]}, r"shape \(16, 16, 4\)"),
     ({"image_dtype": "float32"}, r"'image' as an array of shape \(16, 16, 3\) and dtype float32"),
     ({"instruction": 7}, "'instruction' as 7 of type int; it must be a str"),
+    ({"leave_out": "image"}, r"returned observation keys \['instruction', 'state'\]; its observation space "
+                             r"declares \['image', 'instruction', 'state'\]"),
+    ({"report_success": False}, r"returned info without 'success'"),
 ])
 def test_camera_env_breaking_the_contract_is_refused(kwargs, message):
     env = _camera_env(**kwargs)
