@@ -9,6 +9,7 @@ ARGS ?=
 .PHONY: install train eval test test-slow clean
 
 $(VENV)/.installed: pyproject.toml
+	@echo "Setting up $(VENV): installing the project and its dependencies (the first time takes a few minutes)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e ".[dev]" 2>&1 | grep -v "^WARNING: Location"; test $${PIPESTATUS[0]} -eq 0
 	touch $@
