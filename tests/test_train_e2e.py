@@ -54,6 +54,18 @@ def test_train_writes_tensorboard_checkpoints_and_report_then_eval_and_resume(tm
     assert steps == [128, 256, 384, 512, 640, 768]
 
 
+def test_eval_on_an_env_with_other_sizes_is_refused_clearly(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [a for a in TINY if not a.startswith("total_env_steps")]
+    result = run_cli("vla-train", *args, "total_env_steps=128", "eval.episodes=0", f"hydra.run.dir={run_dir}",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli("vla-eval", f"checkpoint={run_dir}", "env=pusher", "episodes=1", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "does not fit" in result.stderr and "state size 10 vs 23" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_eval_of_missing_checkpoint_is_a_clear_error(tmp_path):
     result = run_cli("vla-eval", f"checkpoint={tmp_path / 'nope'}", cwd=tmp_path, timeout=120)
     assert result.returncode == 2

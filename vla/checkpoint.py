@@ -107,6 +107,8 @@ def _prune(checkpoint_root: Path, keep: int, protect: str) -> None:
     for stale in checkpoint_root.glob(".*.tmp-*"):  # left behind by a process killed mid-write
         if stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def verify(checkpoint_dir: Path) -> Optional[str]:

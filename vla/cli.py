@@ -63,7 +63,7 @@ def _eval(cfg: DictConfig) -> float:
     from vla.trainer import resolve_device
 
     try:
-        model, train_cfg, identity = load_policy(cfg.checkpoint, resolve_device(cfg.device))
+        model, train_cfg, identity = load_policy(cfg.checkpoint, resolve_device(cfg.device), cfg.env)
         env_cfg = cfg.env if cfg.env is not None else train_cfg.env
         rows, videos = run_episodes(model, env_cfg, cfg.episodes, seed=cfg.seed, num_envs=cfg.num_envs,
                                     deterministic=cfg.deterministic, progress=cfg.progress,

@@ -197,11 +197,14 @@ def write_report(report: Dict[str, Any], out_dir: Path) -> Path:
     return out_dir / "report.json"
 
 
-def load_policy(checkpoint_path: str, device: torch.device) -> Tuple[ActorCritic, DictConfig, Dict[str, Any]]:
-    """Rebuild the actor-critic a checkpoint was trained with and load its weights (refusing mismatches)."""
+def load_policy(checkpoint_path: str, device: torch.device, env_cfg=None
+                ) -> Tuple[ActorCritic, DictConfig, Dict[str, Any]]:
+    """Rebuild the actor-critic a checkpoint was trained with and load its weights, for evaluation on
+    ``env_cfg`` (None: the env it was trained on); refuses a checkpoint whose backbone, state size or action
+    size does not fit, naming the difference."""
     loaded = ckpt.load_checkpoint(checkpoint_path)
     train_cfg = OmegaConf.create(loaded["config_yaml"])
-    probe = make_env(train_cfg.env)
+    probe = make_env(env_cfg if env_cfg is not None else train_cfg.env)
     obs_space, action_space = probe.observation_space, probe.action_space
     probe.close()
     model = ActorCritic.from_config(train_cfg, obs_space, action_space)
