@@ -377,8 +377,10 @@ class TrainConfig:
     total_env_steps: int = 200_000
     # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
     device: str = "auto"
-    # Torch threads of the trainer process (None: torch's default).
-    torch_threads: Optional[int] = None
+    # Torch threads of the trainer process. One by default: the heads and the PPO update are small, and on cores
+    # shared with env workers or other jobs a second thread made training 20x slower here (measured in
+    # experiments/results/bench_throughput.md). Raise it for large backbones on cores of their own.
+    torch_threads: int = 1
     # Make torch pick deterministic kernels (slower on GPU).
     deterministic_torch: bool = False
     # Continue a run from a checkpoint directory or a run directory (its latest checkpoint).

@@ -39,7 +39,7 @@ from vla.errors import ConfigError, EnvFailureError  # noqa: E402
 from vla.ppo import RolloutStorage  # noqa: E402
 from vla.trainer import CollectedRollout, EnvRunner, EpisodeTracker  # noqa: E402
 
-# Ids of the episode-tracking text features: instruction ids index each process's own instruction table.
+# Update inputs that hold instruction ids; an id indexes the instruction table of the process that assigned it.
 INSTRUCTION_ID_KEYS = ("in/instruction_id", "in/frozen/instruction_id")
 
 

@@ -224,8 +224,7 @@ class Trainer:
     def __init__(self, cfg, run_dir: Path):
         self.cfg = cfg
         self.algo = cfg.algo
-        if cfg.torch_threads:
-            torch.set_num_threads(cfg.torch_threads)
+        torch.set_num_threads(cfg.torch_threads)
         torch.use_deterministic_algorithms(cfg.deterministic_torch)
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
