@@ -14,6 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from envs import make_vector_env
+from envs.contract import EnvContractError
 from vla import checkpoint as ckpt
 from vla.actor_critic import ActorCritic
 from vla.errors import ConfigError, EnvFailureError, TrainingDivergedError
@@ -195,6 +196,8 @@ class EnvRunner:
         """``envs.step`` that survives a worker raising or dying (see the class docstring)."""
         try:
             return self.envs.step(actions)
+        except EnvContractError:  # the env breaks its contract: restarting it would only repeat that
+            raise
         except Exception as error:  # a worker's exception, or a broken pipe from a killed worker
             self.consecutive_env_failures += 1
             self.env_restarts += 1
@@ -489,6 +492,7 @@ class Trainer:
     def save(self, name: Optional[str] = None) -> Path:
         """A checkpoint ``update_<N>`` (or ``name``, e.g. "best", which leaves ``latest`` alone).
         Never with non-finite weights: the previous checkpoint stays the latest instead."""
+        self.logger.writer.flush()  # every scalar up to this step is on disk before the checkpoint says so
         weights = self.model.trainable_state_dict()
         broken = [key for key, value in weights.items() if value.is_floating_point() and
                   not bool(torch.isfinite(value).all())]
