@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from envs import make_vector_env  # noqa: E402
+from bench_envs import steps_per_second  # noqa: E402  (experiments/ is sys.path[0] for a script)
 from tests.conftest import train_config  # noqa: E402
 from vla.trainer import Trainer  # noqa: E402
 
@@ -82,23 +82,6 @@ SCALING_SETTINGS = {"local (distributed=none)": [],
                     "ray, 2 workers": ["distributed=ray", "distributed.num_workers=2"]}
 
 
-def raw_steps_per_second(env_cfg, num_envs: int, steps: int) -> float:
-    """Env steps/s of the vector env alone, random actions, automatic resets included."""
-    envs = make_vector_env(env_cfg, num_envs)
-    try:
-        rng = np.random.default_rng(0)
-        shape = envs.action_space.shape
-        envs.reset(seed=0)
-        for _ in range(3):
-            envs.step(rng.uniform(-1, 1, size=shape).astype(np.float32))
-        start = time.perf_counter()
-        for _ in range(steps):
-            envs.step(rng.uniform(-1, 1, size=shape).astype(np.float32))
-        return steps * num_envs / (time.perf_counter() - start)
-    finally:
-        envs.close()
-
-
 class FrozenStageTimer:
     """Adds up the time the backbone's frozen stage takes (rollout and bootstrap values alike)."""
 
@@ -141,9 +124,9 @@ def run_case(case: Case, scale: float, run_dir: Path) -> Dict[str, float]:
     cfg = train_config(*QUIET, *case.overrides)
     steps = max(8, int(cfg.algo.num_steps * scale))
     overrides = [*case.overrides, f"algo.num_steps={steps}"]
-    raw_before = raw_steps_per_second(cfg.env, cfg.num_envs, steps)
+    raw_before = steps_per_second(cfg.env, cfg.num_envs, steps)
     trained = measure_trainer(overrides, case.updates, run_dir)
-    raw_after = raw_steps_per_second(cfg.env, cfg.num_envs, steps)
+    raw_after = steps_per_second(cfg.env, cfg.num_envs, steps)
     raw = (raw_before + raw_after) / 2
     batch = trained["batch"]
     return {
