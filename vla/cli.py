@@ -59,25 +59,22 @@ def _train(cfg: DictConfig) -> Optional[float]:
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="eval")
 def _eval(cfg: DictConfig) -> float:
-    from vla.evaluate import build_report, load_policy, run_episodes, write_report, write_videos
+    from vla.evaluate import evaluate_policy, load_policy
     from vla.trainer import resolve_device
 
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         model, train_cfg, identity = load_policy(cfg.checkpoint, resolve_device(cfg.device), cfg.env)
         env_cfg = cfg.env if cfg.env is not None else train_cfg.env
-        rows, videos = run_episodes(model, env_cfg, cfg.episodes, seed=cfg.seed, num_envs=cfg.num_envs,
-                                    deterministic=cfg.deterministic, progress=cfg.progress,
-                                    record=cfg.video_episodes if cfg.video else 0)
+        config = {"eval": OmegaConf.to_container(cfg, resolve=True), "train": OmegaConf.to_container(train_cfg)}
+        config["eval"]["env"] = OmegaConf.to_container(env_cfg, resolve=True)
+        report = evaluate_policy(model, env_cfg, out_dir, episodes=cfg.episodes, seed=cfg.seed,
+                                 num_envs=cfg.num_envs, deterministic=cfg.deterministic, checkpoint=identity,
+                                 config=config, record=cfg.video_episodes if cfg.video else 0, fps=cfg.video_fps,
+                                 progress=cfg.progress)
     except UserError as error:
         _fail("vla-eval", error)
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
-    config = {"eval": OmegaConf.to_container(cfg, resolve=True), "train": OmegaConf.to_container(train_cfg)}
-    config["eval"]["env"] = OmegaConf.to_container(env_cfg, resolve=True)
-    report = build_report(rows, checkpoint=identity, config=config, deterministic=cfg.deterministic,
-                          seed=cfg.seed)
-    if videos:
-        report["videos"] = write_videos(rows, videos, out_dir / "videos", cfg.video_fps)
-    path = write_report(report, out_dir)
+    path = out_dir / "report.json"
     low, high = report["success_ci95"]
     print(f"success rate {report['success_rate']:.1%} (95% CI {low:.1%}-{high:.1%}) over {report['episodes']} "
           f"episodes; episode length {report['episode_length_mean']:.1f}; report: {path}", flush=True)

@@ -197,6 +197,20 @@ def write_report(report: Dict[str, Any], out_dir: Path) -> Path:
     return out_dir / "report.json"
 
 
+def evaluate_policy(model: ActorCritic, env_cfg, out_dir: Path, *, episodes: int, seed: int, num_envs: int,
+                    deterministic: bool, checkpoint: Dict[str, Any], config: Dict[str, Any], record: int = 0,
+                    fps: int = 20, writer=None, step: int = 0, progress: bool = False) -> Dict[str, Any]:
+    """Run the episodes, write the captioned videos of the first ``record`` of them (also to tensorboard when a
+    ``writer`` is given) and ``report.json`` / ``report.md`` into ``out_dir``; returns the report."""
+    rows, videos = run_episodes(model, env_cfg, episodes, seed, num_envs, deterministic, progress=progress,
+                                record=record)
+    report = build_report(rows, checkpoint=checkpoint, config=config, deterministic=deterministic, seed=seed)
+    if videos:
+        report["videos"] = write_videos(rows, videos, out_dir / "videos", fps, writer=writer, step=step)
+    write_report(report, out_dir)
+    return report
+
+
 def load_policy(checkpoint_path: str, device: torch.device, env_cfg=None
                 ) -> Tuple[ActorCritic, DictConfig, Dict[str, Any]]:
     """Rebuild the actor-critic a checkpoint was trained with and load its weights, for evaluation on

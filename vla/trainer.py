@@ -18,7 +18,7 @@ from envs.contract import EnvContractError
 from vla import checkpoint as ckpt
 from vla.actor_critic import ActorCritic
 from vla.errors import ConfigError, EnvFailureError, TrainingDivergedError
-from vla.evaluate import build_report, run_episodes, write_report, write_videos
+from vla.evaluate import evaluate_policy
 from vla.logger import RunLogger
 from vla.normalize import RewardScaler
 from vla.ppo import PPO, RolloutStorage, compute_gae
@@ -416,17 +416,13 @@ class Trainer:
     def evaluate(self, name: str, record: int = 0) -> Dict[str, Any]:
         """Evaluate the current policy on the fixed evaluation seeds; report to <run>/eval/<name>/, eval/* tags."""
         ecfg = self.cfg.eval
-        rows, videos = run_episodes(self.model, self.cfg.env, ecfg.episodes, ecfg.seed,
-                                    ecfg.num_envs or self.num_envs, ecfg.deterministic, record=record)
         identity = {"path": str(self.checkpoint_root), "global_step": self.global_step,
                     "update": self.update_index, "backbone": self.model.backbone.identity()}
-        report = build_report(rows, checkpoint=identity, config=OmegaConf.to_container(self.cfg, resolve=True),
-                              deterministic=ecfg.deterministic, seed=ecfg.seed)
-        out_dir = self.run_dir / "eval" / name
-        write_report(report, out_dir)
-        if videos:
-            report["videos"] = write_videos(rows, videos, out_dir / "videos", ecfg.video_fps,
-                                            writer=self.logger.writer, step=self.global_step)
+        report = evaluate_policy(
+            self.model, self.cfg.env, self.run_dir / "eval" / name, episodes=ecfg.episodes, seed=ecfg.seed,
+            num_envs=ecfg.num_envs or self.num_envs, deterministic=ecfg.deterministic, checkpoint=identity,
+            config=OmegaConf.to_container(self.cfg, resolve=True), record=record, fps=ecfg.video_fps,
+            writer=self.logger.writer, step=self.global_step)
         self.logger.scalars({
             "eval/success_rate": report["success_rate"],
             "eval/success_ci95_low": report["success_ci95"][0],
