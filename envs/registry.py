@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Optional
 import gymnasium as gym
 
 from envs.contract import EnvContract
-from envs.wrappers import BoxToDictObservation, Snapshot, SuccessInfo, normalize_actions
+from envs.wrappers import ActionChunk, BoxToDictObservation, Snapshot, SuccessInfo, normalize_actions
 from vla.errors import ConfigError
 
 EnvBuilder = Callable[[Any, Optional[str]], gym.Env]
@@ -53,14 +53,19 @@ def _build_gym(cfg, render_mode: Optional[str]) -> gym.Env:
     return SuccessInfo(env, distance_fn, cfg.success_threshold, cfg.terminate_on_success)
 
 
-def make_env(cfg, render_mode: Optional[str] = None, vector_index: int = 0) -> gym.Env:
-    """One environment under the env contract, with actions normalized to [-1, 1]."""
+def make_env(cfg, render_mode: Optional[str] = None, vector_index: int = 0, action_chunk: int = 1,
+             gamma: float = 1.0) -> gym.Env:
+    """One environment under the env contract, with actions normalized to [-1, 1]. ``action_chunk`` > 1: one
+    step runs that many actions (``ActionChunk``, reward discounted by ``gamma`` within the chunk)."""
     if cfg.kind not in _BUILDERS:
         raise ConfigError(f"env.kind={cfg.kind!r} is not registered; known kinds: {env_kinds()}")
     env = _BUILDERS[cfg.kind](cfg, render_mode)
     if cfg.max_episode_steps is not None:
         env = TimeLimitOverride(env, cfg.max_episode_steps)
-    return Snapshot(EnvContract(normalize_actions(env)), vector_index)
+    env = EnvContract(normalize_actions(env))
+    if action_chunk > 1:
+        env = ActionChunk(env, action_chunk, gamma)
+    return Snapshot(env, vector_index)
 
 
 class TimeLimitOverride(gym.wrappers.TimeLimit):
@@ -70,7 +75,8 @@ class TimeLimitOverride(gym.wrappers.TimeLimit):
 _WORKER_STATE: Dict[str, Any] = {}
 
 
-def _worker_thunk(cfg, render_mode: Optional[str], vector_index: int) -> Callable[[], gym.Env]:
+def _worker_thunk(cfg, render_mode: Optional[str], vector_index: int, action_chunk: int,
+                  gamma: float) -> Callable[[], gym.Env]:
     def thunk() -> gym.Env:
         if multiprocessing.parent_process() is not None:
             # In a worker process: one BLAS/OpenMP thread each, so N workers on N cores do not oversubscribe.
@@ -81,14 +87,14 @@ def _worker_thunk(cfg, render_mode: Optional[str], vector_index: int) -> Callabl
             # Ctrl-C reaches the whole process group: the trainer decides how to stop, workers keep serving.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         os.environ.setdefault("MUJOCO_GL", "egl")
-        return make_env(cfg, render_mode, vector_index)
+        return make_env(cfg, render_mode, vector_index, action_chunk, gamma)
 
     return thunk
 
 
-def make_vector_env(cfg, num_envs: int, render_mode: Optional[str] = None,
-                    autoreset: bool = True) -> gym.vector.VectorEnv:
-    """``num_envs`` copies of ``make_env(cfg)``.
+def make_vector_env(cfg, num_envs: int, render_mode: Optional[str] = None, autoreset: bool = True,
+                    action_chunk: int = 1, gamma: float = 1.0) -> gym.vector.VectorEnv:
+    """``num_envs`` copies of ``make_env(cfg, action_chunk=..., gamma=...)``.
 
     Async workers are started with ``forkserver`` (a robosuite camera env created in a ``fork``ed worker hung
     on these machines); sync when ``num_envs == 1`` or ``cfg.vector_mode == "sync"``. Autoreset happens within
@@ -98,7 +104,7 @@ def make_vector_env(cfg, num_envs: int, render_mode: Optional[str] = None,
     """
     if cfg.vector_mode not in ("async", "sync"):
         raise ConfigError(f"env.vector_mode={cfg.vector_mode!r}; use 'async' or 'sync'")
-    thunks = [_worker_thunk(cfg, render_mode, i) for i in range(num_envs)]
+    thunks = [_worker_thunk(cfg, render_mode, i, action_chunk, gamma) for i in range(num_envs)]
     mode = gym.vector.AutoresetMode
     autoreset_mode = mode.SAME_STEP if autoreset else mode.DISABLED
     if num_envs == 1 or cfg.vector_mode == "sync":

@@ -143,6 +143,57 @@ class Snapshot(gym.Wrapper):
             limit._elapsed_steps = elapsed
 
 
+class ActionChunk(gym.Wrapper):
+    """Runs a chunk of ``steps`` consecutive actions (one flattened action of ``steps * action_dim``) as one step.
+
+    The chunk stops early when the episode ends (the rest of it is dropped, never run in the next episode).
+    The step's reward is the discounted sum ``sum_j gamma^j r_j`` over the steps run, so one PPO transition
+    per chunk stays an exact semi-MDP step; ``info["chunk_steps"]`` says how many ran (the transition's
+    discount is ``gamma ** chunk_steps``) and ``info["chunk_return"]`` is their undiscounted sum, for episode
+    returns. With ``render_mode="rgb_array"`` the frames after every step but the chunk's last are in
+    ``info["chunk_frames"]``, so videos show every step.
+    """
+
+    def __init__(self, env: gym.Env, steps: int, gamma: float):
+        super().__init__(env)
+        box = env.action_space
+        if len(box.shape) != 1:
+            raise ConfigError(f"action chunks need a flat action space, got shape {box.shape}")
+        self.steps, self.gamma = steps, gamma
+        self.action_space = spaces.Box(np.tile(box.low, steps).astype(box.dtype),
+                                       np.tile(box.high, steps).astype(box.dtype), dtype=box.dtype)
+
+    def step(self, action):
+        actions = np.asarray(action).reshape(self.steps, -1)
+        discounted, undiscounted, frames = 0.0, 0.0, []
+        for j, single in enumerate(actions):
+            obs, reward, terminated, truncated, info = self.env.step(single)
+            discounted += self.gamma ** j * float(reward)
+            undiscounted += float(reward)
+            if terminated or truncated:
+                break
+            if self.render_mode == "rgb_array" and j < self.steps - 1:
+                frames.append(self.env.render())
+        info = {**info, "chunk_steps": j + 1, "chunk_return": undiscounted}
+        if frames:
+            info["chunk_frames"] = frames
+        return obs, discounted, terminated, truncated, info
+
+
+def chunk_stats(info: Dict[str, Any], reward: np.ndarray):
+    """(env steps run, undiscounted reward) per env from a vector step of ``ActionChunk`` envs (1 and
+    ``reward`` where an env reported no chunk). Under same-step autoreset an ended env's step info is in
+    ``info["final_info"]`` (its top-level info is the reset's)."""
+    steps = np.ones(len(reward), dtype=np.int64)
+    returns = np.asarray(reward, dtype=np.float64).copy()
+    for source in (info, info.get("final_info", {})):
+        if "chunk_steps" in source:
+            mask = np.asarray(source.get("_chunk_steps", np.ones(len(reward), dtype=bool)), dtype=bool)
+            steps[mask] = np.asarray(source["chunk_steps"])[mask]
+            returns[mask] = np.asarray(source["chunk_return"])[mask]
+    return steps, returns
+
+
 def normalize_actions(env: gym.Env) -> gym.Env:
     """The one place where the env's action bounds are mapped: the policy acts in [-1, 1]^d.
 

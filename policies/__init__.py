@@ -7,6 +7,12 @@ from vla.errors import ConfigError
 POLICIES = ("gaussian_mlp", "gaussian_transformer")
 
 
+def actions_per_decision(cfg) -> int:
+    """Env steps one policy decision runs: the executed part of an action chunk (1 without chunks)."""
+    execute_steps = cfg.get("execute_steps")
+    return int(execute_steps if execute_steps is not None else cfg.get("chunk_size", 1))
+
+
 def build_policy(cfg, token_dim: int, state_dim: int, action_dim: int):
     if cfg.name == "gaussian_mlp":
         from policies.gaussian import GaussianMLPExpert

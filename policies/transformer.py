@@ -1,8 +1,12 @@
 """Transformer action expert: learned action queries cross-attend to the backbone tokens and a proprio token.
 
-Each of the ``chunk_size`` queries yields one action of a chunk of consecutive actions; the distribution is a
-diagonal Gaussian over the flattened chunk (``chunk_size * action_dim`` dimensions), so PPO's ratio and entropy
-cover the whole chunk. With ``chunk_size`` 1 it is a per-step policy like the MLP expert.
+Each of the ``chunk_size`` queries yields one action of a chunk of consecutive actions. The first
+``execute_steps`` of them (all by default: open loop) are executed before the policy decides again; the
+distribution is a diagonal Gaussian over those executed actions, flattened (``execute_steps * action_dim``
+dimensions), so PPO's ratio and entropy cover exactly what the env received. With ``execute_steps`` below
+``chunk_size`` (re-planning) the later queries still shape the executed ones through the decoder's
+self-attention but are never executed themselves. With ``chunk_size`` 1 it is a per-step policy like the MLP
+expert.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from torch import nn
 from torch.distributions import Independent, Normal
 
 from vla.backbones.base import Tokens
+from vla.errors import ConfigError
 from vla.nn import init_layer
 
 
 class GaussianTransformerExpert(nn.Module):
-    """``forward(tokens, state) -> Independent(Normal)`` over (B, chunk_size * action_dim) normalized actions.
+    """``forward(tokens, state) -> Independent(Normal)`` over (B, execute_steps * action_dim) normalized actions.
 
     The decoder uses no dropout: PPO needs the log-probability of an action under the update's network to
     equal the one computed at rollout time when the weights have not changed.
@@ -27,9 +32,13 @@ class GaussianTransformerExpert(nn.Module):
     def __init__(self, cfg, token_dim: int, state_dim: int, action_dim: int):
         super().__init__()
         self.chunk_size = cfg.chunk_size
+        self.execute_steps = cfg.chunk_size if cfg.execute_steps is None else cfg.execute_steps
+        if cfg.chunk_size < 1 or not 1 <= self.execute_steps <= cfg.chunk_size:
+            raise ConfigError(f"policy.chunk_size={cfg.chunk_size}, policy.execute_steps={cfg.execute_steps}: "
+                              "need chunk_size >= 1 and 1 <= execute_steps <= chunk_size (null = chunk_size)")
         self.action_dim = action_dim
         # How a sample unflattens into the actions it holds, first action first.
-        self.action_chunk = (cfg.chunk_size, action_dim)
+        self.action_chunk = (self.execute_steps, action_dim)
         self.log_std_min, self.log_std_max = cfg.log_std_min, cfg.log_std_max
         self.state_dependent_std = cfg.state_dependent_std
         width = cfg.width
@@ -55,7 +64,11 @@ class GaussianTransformerExpert(nn.Module):
             context_mask = torch.cat([context_mask, context_mask.new_ones(context_mask.shape[0], 1)], dim=1)
         queries = self.action_queries.expand(context.shape[0], -1, -1)
         actions = self.decoder(queries, context, memory_key_padding_mask=~context_mask)
-        mean = self.mean(actions).flatten(1)
-        log_std = self.log_std(actions).flatten(1) if self.state_dependent_std else self.log_std.expand_as(mean)
+        executed = self.execute_steps * self.action_dim
+        mean = self.mean(actions).flatten(1)[:, :executed]
+        if self.state_dependent_std:
+            log_std = self.log_std(actions).flatten(1)[:, :executed]
+        else:
+            log_std = self.log_std[:executed].expand_as(mean)
         log_std = log_std.clamp(self.log_std_min, self.log_std_max)
         return Independent(Normal(mean, log_std.exp()), 1)

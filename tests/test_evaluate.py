@@ -29,6 +29,8 @@ def test_wilson_interval_empty():
 class ScriptedReacher(torch.nn.Module):
     """Privileged proportional controller for Reacher: reads the fingertip-to-target vector from the state."""
 
+    actions_per_decision = 1
+
     def to_tensors(self, obs, update_stats=False):
         return {"state": torch.as_tensor(obs["state"])}
 

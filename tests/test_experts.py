@@ -36,6 +36,8 @@ def attention_critic(*overrides: str):
     ("policy.state_dependent_std=true",),
     ("policy.chunk_size=4",),
     ("policy.chunk_size=4", "policy.state_dependent_std=true", "policy.log_std_init=-1.0"),
+    ("policy.chunk_size=4", "policy.execute_steps=2"),
+    ("policy.chunk_size=4", "policy.execute_steps=1", "policy.state_dependent_std=true"),
 ])
 def test_transformer_expert_log_prob_and_entropy_match_torch_distributions(overrides):
     torch.manual_seed(0)
@@ -44,8 +46,8 @@ def test_transformer_expert_log_prob_and_entropy_match_torch_distributions(overr
         torch.nn.init.normal_(expert.log_std.weight, std=0.5)
     tokens, state = random_tokens(), torch.randn(6, STATE_DIM)
     dist = expert(tokens, state)
-    chunk = expert.chunk_size * ACTION_DIM
-    assert expert.action_chunk == (expert.chunk_size, ACTION_DIM)
+    chunk = expert.execute_steps * ACTION_DIM  # the distribution covers the executed actions only
+    assert expert.action_chunk == (expert.execute_steps, ACTION_DIM)
     actions = dist.sample()
     assert actions.shape == (6, chunk)
 
@@ -56,7 +58,7 @@ def test_transformer_expert_log_prob_and_entropy_match_torch_distributions(overr
     if expert.state_dependent_std:
         assert not torch.allclose(std[0], std[1])
     else:
-        torch.testing.assert_close(std, expert.log_std.exp().expand_as(std))
+        torch.testing.assert_close(std, expert.log_std[:chunk].exp().expand_as(std))
 
 
 def test_transformer_expert_ignores_padding_and_reads_the_state():

@@ -62,3 +62,18 @@ def test_multiple_envs_are_independent():
     adv, _ = compute_gae(rewards, values, terminated, truncated, torch.zeros(1, 2), torch.tensor([5.0, 5.0]),
                          GAMMA, LAM)
     assert close(adv.flatten().tolist(), [1.0, 1.0 + GAMMA * 5.0])
+
+
+def test_action_chunk_transitions_discount_by_gamma_to_the_steps_they_ran():
+    # Step 0 ran a chunk of 3 env steps, step 1 was cut by the time limit after 2 (bootstrap from V(final)=3.0
+    # discounted by gamma^2), step 2 ran 3 steps and bootstraps from next_value with gamma^3.
+    t = lambda x: torch.tensor(x, dtype=torch.float32).reshape(-1, 1)  # noqa: E731
+    b = lambda x: torch.tensor(x, dtype=torch.bool).reshape(-1, 1)  # noqa: E731
+    discounts = t([GAMMA ** 3, GAMMA ** 2, GAMMA ** 3])
+    adv, _ = compute_gae(t([1.0, 2.0, 0.5]), t([0.5, 0.25, 1.0]), b([False, False, False]),
+                         b([False, True, False]), t([0.0, 3.0, 0.0]), torch.tensor([4.0]), GAMMA, LAM,
+                         discounts=discounts)
+    d2 = 0.5 + GAMMA ** 3 * 4.0 - 1.0
+    d1 = 2.0 + GAMMA ** 2 * 3.0 - 0.25  # advantage does not flow past the truncation
+    d0 = 1.0 + GAMMA ** 3 * 0.25 - 0.5
+    assert close(adv.flatten().tolist(), [d0 + GAMMA ** 3 * LAM * d1, d1, d2])

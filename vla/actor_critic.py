@@ -59,6 +59,11 @@ class ActorCritic(nn.Module):
         critic = build_critic(cfg.critic, backbone.hidden_size, head_state_dim)
         return cls(backbone, expert, critic, state_dim, cfg.algo.norm_state, cfg.algo.clip_norm)
 
+    @property
+    def actions_per_decision(self) -> int:
+        """Env steps one action sample runs (an action chunk's executed part; 1 without chunks)."""
+        return getattr(self.expert, "execute_steps", 1)
+
     # ----------------------------------------------------------------------------------------- parameters
     def actor_parameters(self) -> List[nn.Parameter]:
         return [p for p in self.expert.parameters() if p.requires_grad] + self.backbone.trainable_parameters()

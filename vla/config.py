@@ -210,9 +210,12 @@ class GaussianTransformerPolicyConfig(PolicyConfig):
     num_layers: int = 2
     num_heads: int = 4
     feedforward_size: int = 256
-    # Actions per sample: the distribution covers chunk_size consecutive actions (flattened). Values above 1
-    # need the trainer to execute chunks (see policies/transformer.py).
+    # Actions per sample: the expert predicts chunk_size consecutive actions (one action query each).
     chunk_size: int = 1
+    # How many of them run before the policy decides again: null = the whole chunk (open loop); fewer =
+    # re-planning (receding horizon). The policy's distribution, and so PPO's ratio and entropy, covers
+    # exactly the executed actions; one PPO transition spans them, with reward sum_j gamma^j r_j.
+    execute_steps: Optional[int] = None
     log_std_init: float = 0.0
     # False: log-std is a free parameter (state-independent); True: a second output head per action query.
     state_dependent_std: bool = False

@@ -34,6 +34,7 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from ray.exceptions import RayActorError  # noqa: E402  (ActorDiedError is one)
 
+from policies import actions_per_decision  # noqa: E402
 from vla.actor_critic import ActorCritic  # noqa: E402
 from vla.errors import ConfigError, EnvFailureError  # noqa: E402
 from vla.ppo import RolloutStorage  # noqa: E402
@@ -52,7 +53,8 @@ class RolloutWorker:
         self.episodes = EpisodeTracker(num_envs)
         self.runner = EnvRunner(cfg.env, num_envs, seed, cfg.max_env_failures, self.episodes,
                                 warn=lambda message: print(f"WARNING: {message}", flush=True),
-                                resume_hint=resume_hint)
+                                resume_hint=resume_hint, action_chunk=actions_per_decision(cfg.policy),
+                                gamma=cfg.algo.gamma)
         # The learner's state normalizer is updated from the raw states every worker saw.
         self.runner.keep_raw_states = True
         self.reset(seed)

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from envs import make_env, make_vector_env
+from envs.wrappers import chunk_stats
 from vla import checkpoint as ckpt
 from vla.actor_critic import ActorCritic
 from vla.video import caption, log_video, write_video
@@ -40,15 +41,18 @@ def run_episodes(model: ActorCritic, env_cfg, episodes: int, seed: int, num_envs
     """Roll out ``episodes`` episodes; returns one row per episode (ordered by episode index) and the display
     camera frames of the first ``record`` episodes (rendered at the env's video size)."""
     num_envs = max(1, min(num_envs, episodes))
-    envs = make_vector_env(env_cfg, num_envs, render_mode="rgb_array" if record else None, autoreset=False)
+    envs = make_vector_env(env_cfg, num_envs, render_mode="rgb_array" if record else None, autoreset=False,
+                           action_chunk=model.actions_per_decision)
     rows: List[Optional[Dict[str, Any]]] = [None] * episodes
     videos: Dict[int, List[np.ndarray]] = defaultdict(list)
 
-    def render_recorded(only: Optional[np.ndarray] = None) -> None:
+    def render_recorded(only: Optional[np.ndarray] = None, step_info: Optional[Dict[str, Any]] = None) -> None:
         wanted = [i for i, episode in enumerate(assigned) if episode < record and (only is None or only[i])]
         if wanted:
             frames = envs.call("render")
             for i in wanted:
+                if step_info is not None and step_info.get("_chunk_frames", np.zeros(num_envs, bool))[i]:
+                    videos[assigned[i]].extend(step_info["chunk_frames"][i])  # the steps inside an action chunk
                 videos[assigned[i]].append(frames[i])
 
     try:
@@ -65,9 +69,10 @@ def run_episodes(model: ActorCritic, env_cfg, episodes: int, seed: int, num_envs
         while any(row is None for row in rows):
             out = model.act(model.to_tensors(obs), deterministic=deterministic)
             obs, reward, terminated, truncated, info = envs.step(out.action.cpu().numpy())
-            render_recorded()
+            render_recorded(step_info=info)
+            steps, reward = chunk_stats(info, reward)  # an action chunk: its env steps and undiscounted reward
             returns += reward
-            lengths += 1
+            lengths += steps
             done = terminated | truncated
             if not done.any():
                 continue

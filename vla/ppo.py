@@ -40,13 +40,17 @@ class RolloutStorage:
 
 
 def compute_gae(rewards: torch.Tensor, values: torch.Tensor, terminated: torch.Tensor, truncated: torch.Tensor,
-                final_values: torch.Tensor, next_value: torch.Tensor, gamma: float, gae_lambda: float):
+                final_values: torch.Tensor, next_value: torch.Tensor, gamma: float, gae_lambda: float,
+                discounts: Optional[torch.Tensor] = None):
     """Generalized advantage estimation over a (T, N) rollout.
 
     Step t's transition ends its episode when ``terminated[t]`` or ``truncated[t]``. Its successor value is
     0 on termination (the episode really ended), V(final observation) = ``final_values[t]`` on truncation (the
     episode was cut by a time limit; the task would have gone on), and otherwise V(s_{t+1}) = ``values[t+1]``
     (``next_value`` after the last step). Advantages never flow across an episode boundary.
+    ``discounts`` (T, N), when given, replaces ``gamma`` per transition: a transition that ran an action chunk
+    of k env steps (reward already summed with gamma^j inside the chunk) is discounted by gamma^k, also when
+    it bootstraps from V(final observation) after a truncation mid-chunk.
     Returns (advantages, returns), each (T, N).
     """
     num_steps = rewards.shape[0]
@@ -56,8 +60,9 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, terminated: torch.T
         following = next_value if t == num_steps - 1 else values[t + 1]
         ended = torch.logical_or(terminated[t], truncated[t]).to(rewards.dtype)
         successor = torch.where(truncated[t] & ~terminated[t], final_values[t], following * (1.0 - ended))
-        delta = rewards[t] + gamma * successor - values[t]
-        running = delta + gamma * gae_lambda * (1.0 - ended) * running
+        discount = gamma if discounts is None else discounts[t]
+        delta = rewards[t] + discount * successor - values[t]
+        running = delta + discount * gae_lambda * (1.0 - ended) * running
         advantages[t] = running
     return advantages, advantages + values
 
@@ -191,7 +196,8 @@ class PPO:
                 sums["kl"] += approx_kl
                 sums["clip"] += clip_fraction
                 sums["grad"] += float(grad_norm)
-                sums["std"] += float(dist.base_dist.scale.detach().mean()) if hasattr(dist, "base_dist") else float("nan")
+                has_std = hasattr(dist, "base_dist")
+                sums["std"] += float(dist.base_dist.scale.detach().mean()) if has_std else float("nan")
             if early_stopped:
                 epochs_done = epoch + i / max(1, len(starts))
                 break

@@ -11,10 +11,13 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from omegaconf import OmegaConf
 
 from envs import make_vector_env
 from envs.contract import EnvContractError
+from envs.wrappers import chunk_stats
+from policies import actions_per_decision
 from vla import checkpoint as ckpt
 from vla.actor_critic import ActorCritic
 from vla.errors import ConfigError, EnvFailureError, TrainingDivergedError
@@ -45,9 +48,10 @@ class EpisodeTracker:
         self.finished: List[Dict[str, float]] = []  # since the last drain
         self.recent = deque(maxlen=window)  # for the progress bar
 
-    def step(self, rewards: np.ndarray, done: np.ndarray, final_success: np.ndarray) -> None:
+    def step(self, rewards: np.ndarray, done: np.ndarray, final_success: np.ndarray, steps=1) -> None:
+        """``steps``: env steps each env ran in this step (an action chunk runs several)."""
         self.returns += rewards
-        self.lengths += 1
+        self.lengths += steps
         for i in np.flatnonzero(done):
             self.add({"return": float(self.returns[i]), "length": int(self.lengths[i]),
                       "success": float(final_success[i])})
@@ -103,16 +107,21 @@ class EnvRunner:
     A worker that raises or dies rebuilds the vector env; the episodes in progress are dropped and counted,
     and the rollout starts over. After ``max_env_failures`` failures without a completed rollout in between,
     ``EnvFailureError`` carries the env's own error.
+
+    With ``action_chunk`` > 1 every env step runs a chunk of that many actions (``envs.wrappers.ActionChunk``):
+    one stored transition per chunk, its reward discounted within the chunk, and ``discount`` = gamma^k and
+    ``env_steps`` = k stored beside it (k is smaller when the episode ended inside the chunk).
     """
 
     restores_snapshots = True  # checkpoints resume its episodes in progress exactly
 
     def __init__(self, env_cfg, num_envs: int, seed: int, max_env_failures: int, episodes: EpisodeTracker,
-                 warn: Callable[[str], None], resume_hint: str):
+                 warn: Callable[[str], None], resume_hint: str, action_chunk: int = 1, gamma: float = 1.0):
         self.env_cfg, self.num_envs, self.seed = env_cfg, num_envs, seed
         self.max_env_failures, self.episodes = max_env_failures, episodes
         self.warn, self.resume_hint = warn, resume_hint
-        self.envs = make_vector_env(env_cfg, num_envs)
+        self.action_chunk, self.gamma = action_chunk, gamma
+        self.envs = self._make_envs()
         self.next_obs: Dict[str, np.ndarray] = {}
         self.env_restarts = self.dropped_episodes = self.consecutive_env_failures = self.nonfinite_rewards = 0
         # Also store the raw (unnormalized) states as "raw_state": on a Ray worker, the learner updates its
@@ -123,9 +132,17 @@ class EnvRunner:
     def observation_space(self):
         return self.envs.single_observation_space
 
+    def _make_envs(self):
+        return make_vector_env(self.env_cfg, self.num_envs, action_chunk=self.action_chunk, gamma=self.gamma)
+
     @property
     def action_space(self):
-        return self.envs.single_action_space
+        """One env step's action space (a chunk's actions are that, ``action_chunk`` times over)."""
+        space = self.envs.single_action_space
+        if self.action_chunk == 1:
+            return space
+        dim = space.shape[0] // self.action_chunk
+        return spaces.Box(space.low[:dim], space.high[:dim], dtype=space.dtype)
 
     def reset(self, seed: int) -> None:
         self.next_obs, _ = self.envs.reset(seed=seed)
@@ -170,6 +187,13 @@ class EnvRunner:
             if not np.isfinite(reward).all():
                 self.nonfinite_rewards += int((~np.isfinite(reward)).sum())
                 reward = np.nan_to_num(reward, nan=0.0, posinf=0.0, neginf=0.0)
+            chunked = {}
+            episode_reward, steps = reward, 1
+            if self.action_chunk > 1:
+                steps, episode_reward = chunk_stats(info, reward)
+                episode_reward = np.nan_to_num(episode_reward, nan=0.0, posinf=0.0, neginf=0.0)
+                chunked = {"discount": torch.as_tensor(self.gamma ** steps, dtype=torch.float32, device=device),
+                           "env_steps": torch.as_tensor(steps, device=device)}
             final_values = torch.zeros(self.num_envs, device=device)
             cut = np.flatnonzero(truncated & ~terminated)
             if len(cut):
@@ -182,11 +206,11 @@ class EnvRunner:
                         reward=torch.as_tensor(reward, dtype=torch.float32, device=device),
                         terminated=torch.as_tensor(terminated, device=device),
                         truncated=torch.as_tensor(truncated, device=device), final_value=final_values,
-                        **raw_state)
+                        **chunked, **raw_state)
             final_success = np.zeros(self.num_envs, dtype=bool)
             if done.any():
                 final_success = np.asarray(info["final_info"].get("success", final_success), dtype=bool)
-            self.episodes.step(reward, done, final_success)
+            self.episodes.step(episode_reward, done, final_success, steps)
             model_time += t1 - t0 + time.perf_counter() - t2
             env_time += t2 - t1
         self.consecutive_env_failures = 0
@@ -214,7 +238,7 @@ class EnvRunner:
                 self.envs.close(terminate=True)
             except Exception:  # the pipes of a dead worker are broken already
                 pass
-            self.envs = make_vector_env(self.env_cfg, self.num_envs)
+            self.envs = self._make_envs()
             self.reset(seed=self.seed + 7919 * self.env_restarts)
             self.episodes.drop_in_progress()
             raise RolloutAbandoned from error
@@ -237,8 +261,10 @@ class Trainer:
         self.num_envs = cfg.num_envs
         if distributed.name == "ray" and distributed.envs_per_worker is not None:
             self.num_envs = distributed.num_workers * distributed.envs_per_worker
+        # Transitions per update; each runs ``action_chunk`` env steps (fewer when an episode ends mid-chunk).
         self.batch_size = self.algo.num_steps * self.num_envs
-        self.num_updates = max(1, cfg.total_env_steps // self.batch_size)
+        self.action_chunk = actions_per_decision(cfg.policy)
+        self.num_updates = max(1, cfg.total_env_steps // (self.batch_size * self.action_chunk))
 
         resume_from = ckpt.load_checkpoint(ckpt.resolve_checkpoint(cfg.resume)) if cfg.resume else None
         # On resume, everything (checkpoints, tensorboard) continues in the original run directory.
@@ -254,19 +280,19 @@ class Trainer:
             self.rollouts = RayRollouts(cfg, self.num_envs, self.episodes, self._warn, resume_hint)
         else:
             self.rollouts = EnvRunner(cfg.env, self.num_envs, cfg.seed, cfg.max_env_failures, self.episodes,
-                                      self._warn, resume_hint)
+                                      self._warn, resume_hint, self.action_chunk, self.algo.gamma)
         obs_space, action_space = self.rollouts.observation_space, self.rollouts.action_space
         self.model = ActorCritic.from_config(cfg, obs_space, action_space).to(self.device)
-        if getattr(self.model.expert, "chunk_size", 1) > 1:
-            raise ConfigError(f"policy.chunk_size={self.model.expert.chunk_size}: PPO training with action chunks "
-                              "is not supported yet (the trainer steps one action per decision); use chunk_size=1")
         self.state_dim = int(obs_space["state"].shape[0])
         self.action_dim = int(np.prod(action_space.shape))
-        self.reward_scaler = RewardScaler(self.num_envs, self.algo.gamma, self.algo.clip_norm).to(self.device)
+        # Rewards of chunks are already discounted sums over their steps: the return's discount per transition.
+        self.reward_scaler = RewardScaler(self.num_envs, self.algo.gamma ** self.action_chunk,
+                                          self.algo.clip_norm).to(self.device)
         self.ppo = PPO(self.algo, self.model)
         self.storage = RolloutStorage(self.algo.num_steps, self.num_envs, self.device)
         self.update_index = 0
         self.global_step = 0
+        self.rollout_env_steps = 0  # env steps the last rollout ran
         self.history: List[Dict[str, float]] = []
         self.best_eval: Optional[Dict[str, float]] = None  # success rate and return of checkpoints/best
         self.final_report: Optional[Dict[str, Any]] = None
@@ -279,7 +305,8 @@ class Trainer:
             exact_resume = self._restore(resume_from)
         else:
             self.rollouts.reset(seed=cfg.seed)
-        self.logger = RunLogger(self.run_dir, self.num_updates * self.batch_size, self.global_step, cfg.progress)
+        self.logger = RunLogger(self.run_dir, self.num_updates * self.batch_size * self.action_chunk,
+                                self.global_step, cfg.progress)
         if resume_from is not None:
             self.logger.message(f"resumed from {resume_from['path']} at env step {self.global_step}")
             if not exact_resume:
@@ -310,7 +337,9 @@ class Trainer:
             done = data["terminated"] | data["truncated"]
             for t in range(self.storage.num_steps):
                 data["reward"][t] = self.reward_scaler(data["reward"][t], done[t])
-        self.global_step += self.batch_size
+        self.rollout_env_steps = (int(self.storage.data["env_steps"].sum()) if "env_steps" in self.storage.data
+                                  else self.batch_size)
+        self.global_step += self.rollout_env_steps
         return rollout
 
     # ------------------------------------------------------------------------------------------- update
@@ -322,7 +351,7 @@ class Trainer:
         data = self.storage.data
         advantages, returns = compute_gae(data["reward"], data["value"], data["terminated"], data["truncated"],
                                           data["final_value"], rollout.next_value, self.algo.gamma,
-                                          self.algo.gae_lambda)
+                                          self.algo.gae_lambda, data.get("discount"))
         critic_only = self.update_index < self.algo.critic_warmup_updates
         bad_inputs = self.model.nonfinite_states + self.rollouts.nonfinite_rewards
         if bad_inputs:
@@ -337,7 +366,7 @@ class Trainer:
             "reliability/env_restarts": float(self.env_restarts),
             "reliability/dropped_episodes": float(self.dropped_episodes),
             "reliability/skipped_minibatches": float(stats.skipped_steps) if stats else float("nan"),
-            "perf/sps": self.batch_size / (now - start),
+            "perf/sps": self.rollout_env_steps / (now - start),
             "perf/update_seconds": now - t_update,
             **rollout.metrics,
             **self.episodes.drain(),
@@ -383,7 +412,7 @@ class Trainer:
                 self.history.append(metrics)
                 self.logger.scalars(metrics, self.global_step)
                 self.watch(metrics)
-                self.logger.progress(self.batch_size, {"sps": f"{metrics['perf/sps']:.0f}",
+                self.logger.progress(self.rollout_env_steps, {"sps": f"{metrics['perf/sps']:.0f}",
                                                        **self.episodes.summary()})
                 if every_eval and self.update_index % every_eval == 0 and self.update_index < self.num_updates:
                     self.evaluate_and_keep_best()
