@@ -64,9 +64,7 @@ def test_chunk_wrapper_keeps_the_frames_inside_a_chunk_for_videos():
 
 
 def test_vector_chunk_stats_read_ended_envs_from_final_info():
-    # No camera: an EGL context in the test process before torch's first triton import crashes that import.
-    cfg = train_config("env=tabletop_reach", "env.max_episode_steps=5", "env.vector_mode=sync",
-                       "env.use_camera=false").env
+    cfg = train_config("env=tabletop_reach", "env.max_episode_steps=5", "env.vector_mode=sync").env
     envs = make_vector_env(cfg, 2, action_chunk=3, gamma=0.9)
     try:
         envs.reset(seed=0)

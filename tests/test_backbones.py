@@ -387,3 +387,15 @@ def test_checkpoint_refuses_a_different_frozen_backbone(tiny_vlms):
     check_compatible(state, backbone_identity=identities[0], state_dim=4, action_dim=2, path=Path("ckpt"))
     with pytest.raises(CheckpointError, match="backbone"):
         check_compatible(state, backbone_identity=identities[1], state_dim=4, action_dim=2, path=Path("ckpt"))
+
+
+def test_image_tower_with_folded_batch_norm_matches_the_pretrained_network():
+    from vla.backbones.towers import EfficientNetImageTower, load_efficientnet_lite0
+
+    tower, full = EfficientNetImageTower(8), load_efficientnet_lite0()
+    images = torch.randint(0, 256, (4, 64, 64, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        pixels = (images.permute(0, 3, 1, 2).float().div(255.0) - tower.mean) / tower.std
+        reference = full.blocks[:len(tower.blocks)](full.bn1(full.conv_stem(pixels)))
+        torch.testing.assert_close(tower(images), reference.flatten(2).transpose(1, 2), atol=2e-4, rtol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in tower.modules())
