@@ -203,4 +203,6 @@ def normalize_actions(env: gym.Env) -> gym.Env:
         raise ConfigError(f"only continuous (Box) action spaces are supported, got {env.action_space}")
     if np.all(env.action_space.low == -1.0) and np.all(env.action_space.high == 1.0):
         return ClipAction(env)
-    return ClipAction(RescaleAction(env, -1.0, 1.0))
+    box = env.action_space  # bounds in the space's own dtype (float64 bounds on a float32 space warn)
+    low, high = np.full(box.shape, -1.0, dtype=box.dtype), np.full(box.shape, 1.0, dtype=box.dtype)
+    return ClipAction(RescaleAction(env, low, high))
