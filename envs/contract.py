@@ -5,7 +5,8 @@ and what its spaces declare, instead of a shape error deep inside a backbone (or
 policy's actions before they are clipped (``np.clip`` would broadcast a 1-element action to any size).
 
 Checked once, when the env is made: the observation space is a ``Dict`` with a 1-D float ``state`` Box, camera
-images as uint8 HxWx3 Boxes, and optionally an ``instruction`` Text. Checked on every ``reset``/``step``:
+images as uint8 HxWx3 Boxes, optionally an ``instruction`` Text and a ``privileged`` 1-D float Box (simulator
+state for an asymmetric critic; the actor never reads it). Checked on every ``reset``/``step``:
 the observation is a dict holding exactly those keys, ``state`` with the declared shape and dtype, each image
 with the declared shape and dtype uint8, the instruction a ``str``; ``info["success"]`` is present; the action
 has the action space's shape. Only shapes, dtypes and types are compared (no pass over the data), so the
@@ -57,10 +58,13 @@ class EnvContract(gym.Wrapper):
         for key, space in declared.spaces.items():
             if key == "state" or (key == "instruction" and isinstance(space, spaces.Text)):
                 continue
-            if not _is_camera_space(space):
+            privileged = key == "privileged" and isinstance(space, spaces.Box) and len(space.shape) == 1 \
+                and np.issubdtype(space.dtype, np.floating)
+            if not (privileged or _is_camera_space(space)):
                 raise EnvContractError(f"env {self.env_name!r} declares observation {key!r} as {space}; besides "
-                                       "'state' and an 'instruction' Text, observations must be camera images "
-                                       "(uint8 Box of shape HxWx3)")
+                                       "'state', an 'instruction' Text and a 'privileged' 1-D float Box (for the "
+                                       "critic only), observations must be camera images (uint8 Box of shape "
+                                       "HxWx3)")
             self._arrays[key] = (space.shape, space.dtype)
         self._has_instruction = "instruction" in declared.spaces
         self._num_keys = len(declared.spaces)

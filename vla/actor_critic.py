@@ -8,7 +8,7 @@ epochs; only the backbone's small trainable projection and the heads run there.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Mapping
+from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ class ActOutput:
 
 class ActorCritic(nn.Module):
     def __init__(self, backbone: Backbone, expert: nn.Module, critic: nn.Module, state_dim: int,
-                 norm_state: bool, clip: float):
+                 norm_state: bool, clip: float, privileged_dim: int = 0):
         super().__init__()
         self.backbone = backbone
         self.expert = expert
@@ -43,6 +43,8 @@ class ActorCritic(nn.Module):
         self.norm_state = norm_state
         self.clip = clip
         self.state_rms = RunningMeanStd(shape=(state_dim,))
+        # Asymmetric critic: obs["privileged"] (normalized like the state) goes to the value head only.
+        self.privileged_rms = RunningMeanStd(shape=(privileged_dim,)) if privileged_dim else None
         # Each distinct instruction gets an id the first time it is seen; observations carry the id, and
         # backbones look the text up (and cache its encoding) by id: text is encoded once per instruction.
         self.instruction_ids: Dict[str, int] = {}
@@ -55,9 +57,16 @@ class ActorCritic(nn.Module):
         state_dim = int(observation_space["state"].shape[0])
         action_dim = int(np.prod(action_space.shape))
         head_state_dim = 0 if backbone.encodes_state else state_dim
+        privileged_dim = 0
+        if cfg.critic.privileged:
+            if "privileged" not in observation_space.spaces:
+                raise ConfigError("critic.privileged=true needs the env to emit obs['privileged'] (on tabletop: "
+                                  f"env.privileged_obs=true); this env's observation keys: "
+                                  f"{sorted(observation_space.spaces)}")
+            privileged_dim = int(observation_space["privileged"].shape[0])
         expert = build_policy(cfg.policy, backbone.hidden_size, head_state_dim, action_dim)
-        critic = build_critic(cfg.critic, backbone.hidden_size, head_state_dim)
-        return cls(backbone, expert, critic, state_dim, cfg.algo.norm_state, cfg.algo.clip_norm)
+        critic = build_critic(cfg.critic, backbone.hidden_size, head_state_dim + privileged_dim)
+        return cls(backbone, expert, critic, state_dim, cfg.algo.norm_state, cfg.algo.clip_norm, privileged_dim)
 
     @property
     def actions_per_decision(self) -> int:
@@ -125,6 +134,16 @@ class ActorCritic(nn.Module):
                 self.state_rms.update(state[finite])
             state = self.state_rms.normalize(state, self.clip)
         out["state"] = torch.nan_to_num(state, nan=0.0, posinf=self.clip, neginf=-self.clip)
+        if self.privileged_rms is None:
+            out.pop("privileged", None)  # nothing reads it: keep it out of rollout storage
+        elif "privileged" in out:
+            privileged = out["privileged"].float()
+            finite = torch.isfinite(privileged).all(dim=-1)
+            if self.norm_state:
+                if update_stats and bool(finite.any()):
+                    self.privileged_rms.update(privileged[finite])
+                privileged = self.privileged_rms.normalize(privileged, self.clip)
+            out["privileged"] = torch.nan_to_num(privileged, nan=0.0, posinf=self.clip, neginf=-self.clip)
         return out
 
     def encode_frozen(self, obs: Dict[str, torch.Tensor]) -> FrozenFeatures:
@@ -137,25 +156,35 @@ class ActorCritic(nn.Module):
     def encode(self, obs: Dict[str, torch.Tensor]) -> Tokens:
         return self.backbone.project(self.encode_frozen(obs))
 
-    def heads(self, tokens: Tokens, state: torch.Tensor):
+    def heads(self, tokens: Tokens, state: torch.Tensor, privileged: Optional[torch.Tensor] = None):
+        """(action distribution, value). With an asymmetric critic and no ``privileged`` input (evaluating on an
+        env that does not emit it) the value is NaN: acting never needs it."""
         head_state = None if self.backbone.encodes_state else state
-        return self.expert(tokens, head_state), self.critic(tokens, head_state)
+        dist = self.expert(tokens, head_state)
+        if self.privileged_rms is None:
+            return dist, self.critic(tokens, head_state)
+        if privileged is None:
+            return dist, torch.full((state.shape[0],), float("nan"), device=state.device)
+        critic_state = privileged if head_state is None else torch.cat([head_state, privileged], dim=-1)
+        return dist, self.critic(tokens, critic_state)
 
     @torch.no_grad()
     def act(self, obs: Dict[str, torch.Tensor], deterministic: bool = False) -> ActOutput:
         features = self.encode_frozen(obs)
-        dist, value = self.heads(self.backbone.project(features), obs["state"])
+        dist, value = self.heads(self.backbone.project(features), obs["state"], obs.get("privileged"))
         action = dist.mean if deterministic else dist.sample()
         if self.backbone.is_trainable:
             inputs = dict(obs)
         else:  # feature caching: the update re-reads the frozen stage's output instead of running it again
             inputs = {**{FROZEN_PREFIX + key: feature for key, feature in features.items()}, "state": obs["state"]}
+            if "privileged" in obs:
+                inputs["privileged"] = obs["privileged"]
         return ActOutput(action, dist.log_prob(action), value, inputs)
 
     @torch.no_grad()
     def value(self, obs: Dict[str, torch.Tensor]) -> torch.Tensor:
         tokens = self.encode(obs)
-        return self.heads(tokens, obs["state"])[1]
+        return self.heads(tokens, obs["state"], obs.get("privileged"))[1]
 
     def evaluate(self, inputs: Dict[str, torch.Tensor], actions: torch.Tensor):
         """Log-prob and entropy of ``actions`` and V(s) for stored rollout inputs, with gradients. The
@@ -164,5 +193,5 @@ class ActorCritic(nn.Module):
                     for key, feature in inputs.items() if key.startswith(FROZEN_PREFIX)}
         if not features:
             features = self.encode_frozen(inputs)
-        dist, value = self.heads(self.backbone.project(features), inputs["state"])
+        dist, value = self.heads(self.backbone.project(features), inputs["state"], inputs.get("privileged"))
         return dist.log_prob(actions), dist.entropy(), value, dist

@@ -70,6 +70,10 @@ class TabletopEnvConfig(EnvConfig):
     # Append the named object's position and its goal position to obs["state"] (privileged; for state-only
     # training and debugging, where nothing else tells the policy which object is meant).
     privileged_state: bool = False
+    # Also emit obs["privileged"] (the named object's position and its goal position) for an asymmetric critic
+    # (critic.privileged=true): the value head reads it, the actor never does, so the policy still acts from
+    # camera, instruction and proprio alone.
+    privileged_obs: bool = False
 
 
 @dataclass
@@ -227,6 +231,10 @@ class GaussianTransformerPolicyConfig(PolicyConfig):
 @dataclass
 class CriticConfig:
     name: str = MISSING
+    # Asymmetric actor-critic: the value head also reads obs["privileged"] (simulator state the env exposes,
+    # e.g. env.privileged_obs=true on tabletop), normalized like the state. Training-time only: the actor never
+    # sees it, and the value is not needed to act.
+    privileged: bool = False
 
 
 @dataclass
@@ -303,6 +311,40 @@ class PPOConfig(AlgoConfig):
     clip_norm: float = 10.0
     # Updates at the start where only the value head trains (actor weights untouched).
     critic_warmup_updates: int = 0
+    # Weight of KL(pi_init || pi) on each minibatch's observations, pi_init being the policy the run started
+    # from (init_from's, or the fresh one): keeps PPO near a cloned policy while the critic catches up (0: off).
+    init_kl_coef: float = 0.0
+
+
+@dataclass
+class BCConfig(AlgoConfig):
+    """Behaviour cloning (``vla-train algo=bc dataset=PATH``): maximum likelihood of the demonstrations' actions
+    under the action expert, with the backbone, expert and critic configs a PPO run uses, so PPO can start from
+    the result (``init_from``). Frozen backbone features are computed once for the whole dataset."""
+
+    name: str = "bc"
+    # Gradient steps in all; ignored when epochs is set.
+    gradient_steps: int = 2000
+    # Passes over the training demos (None: gradient_steps decides).
+    epochs: Optional[int] = None
+    # Gradient steps per update: the unit of logging, validation, eval.every_updates and
+    # checkpoint.every_updates.
+    steps_per_update: int = 100
+    # Samples (demo steps) per minibatch.
+    batch_size: int = 256
+    # Adam learning rate of the action expert and any trainable backbone part.
+    learning_rate: float = 1e-3
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    # Anneal the learning rate linearly to zero over the run.
+    anneal_lr: bool = True
+    # Global gradient-norm clip.
+    max_grad_norm: float = 1.0
+    # Normalize the state vector by the mean/std of the training demos' states (saved with the checkpoint, and
+    # where a PPO run started from it continues them).
+    norm_state: bool = True
+    # Clip normalized states to +-this.
+    clip_norm: float = 10.0
 
 
 # ------------------------------------------------------------------------------------------- the whole run
@@ -388,6 +430,11 @@ class TrainConfig:
     deterministic_torch: bool = False
     # Continue a run from a checkpoint directory or a run directory (its latest checkpoint).
     resume: Optional[str] = None
+    # Start a fresh run from the trainable weights and state normalizer of a BC or PPO checkpoint (or a run
+    # directory's latest): new step counters, optimizer and run directory. Ignored when resuming.
+    init_from: Optional[str] = None
+    # Demonstrations (robomimic-style HDF5 written by vla-demos) for algo=bc.
+    dataset: Optional[str] = None
     # Print a console progress bar.
     progress: bool = True
     # Consecutive updates skipped for NaN/inf (in states, rewards, losses or gradients) before the run stops.
@@ -421,10 +468,33 @@ class EvalRunConfig:
     video_fps: int = 20
 
 
+@dataclass
+class DemosConfig:
+    """``vla-demos``: roll out the env's scripted expert and write a robomimic-style HDF5 dataset."""
+
+    env: EnvConfig = MISSING
+    # Demonstrations to write.
+    episodes: int = 20
+    # Attempt i starts from reset(seed=seed + i) (stored per demo as its "seed" attribute).
+    seed: int = 0
+    # Keep only the episodes where the expert succeeded (False: keep every attempt).
+    only_successful: bool = True
+    # Give up after this many attempts (None: 2 * episodes + 10).
+    max_attempts: Optional[int] = None
+    # Share of the demos listed under mask/valid (held out from BC training, for its validation loss).
+    valid_fraction: float = 0.1
+    # Camera observation keys to store (None: all; []: none, for state-only training).
+    image_keys: Optional[List[str]] = None
+    # Where to write the dataset (None: demos.hdf5 in hydra's run directory).
+    output: Optional[str] = None
+    progress: bool = True
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="eval_schema", node=EvalRunConfig)
+    cs.store(name="demos_schema", node=DemosConfig)
     cs.store(group="env", name="gym_schema", node=GymEnvConfig)
     cs.store(group="env", name="tabletop_schema", node=TabletopEnvConfig)
     cs.store(group="env", name="robosuite_schema", node=RobosuiteEnvConfig)
@@ -436,4 +506,5 @@ def register_configs() -> None:
     cs.store(group="critic", name="mlp_schema", node=MLPCriticConfig)
     cs.store(group="critic", name="attention_schema", node=AttentionCriticConfig)
     cs.store(group="algo", name="ppo_schema", node=PPOConfig)
+    cs.store(group="algo", name="bc_schema", node=BCConfig)
     cs.store(group="distributed", name="distributed_schema", node=DistributedConfig)

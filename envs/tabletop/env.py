@@ -36,7 +36,9 @@ class TabletopEnv(gym.Env):
     Action (natural bounds): ``[dx, dy, dz]`` in metres (at most ``MAX_HAND_STEP``) moves the hand's position
     target, and a gripper command in [-1, 1] (-1 open, +1 closed). Observation: ``state`` (hand position,
     hand velocity, finger opening; with ``privileged_state`` also the named object's position and its goal
-    position), ``image`` (the first camera) and ``<camera>_image`` for further cameras, and ``instruction``.
+    position), ``image`` (the first camera) and ``<camera>_image`` for further cameras, and ``instruction``;
+    with ``privileged_obs`` also ``privileged`` (the named object's position and its goal position, for an
+    asymmetric critic: the value head may read it, the actor never does).
     ``info`` carries ``success``, ``task`` and ``goal_distance``. The episode terminates (without success)
     when the named object falls off the table; ending on success is the ``SuccessInfo`` wrapper's job.
 
@@ -49,7 +51,8 @@ class TabletopEnv(gym.Env):
     def __init__(self, task: str = "reach", num_objects: int = 3, cameras: Sequence[str] = ("front",),
                  use_camera: bool = True, image_size: int = 64, video_size: int = 256, reward: str = "dense",
                  time_penalty: float = 0.0, placement_range: float = 0.15, instruction_mode: str = "sample",
-                 privileged_state: bool = False, render_mode: Optional[str] = None):
+                 privileged_state: bool = False, privileged_obs: bool = False,
+                 render_mode: Optional[str] = None):
         _check_choice("env.task", task, list(TASKS))
         _check_choice("env.reward", reward, REWARD_KINDS)
         _check_choice("env.instruction_mode", instruction_mode, INSTRUCTION_MODES)
@@ -73,6 +76,7 @@ class TabletopEnv(gym.Env):
         self.reward_kind, self.time_penalty = reward, time_penalty
         self.placement_range, self.instruction_mode = placement_range, instruction_mode
         self.privileged_state, self.render_mode = privileged_state, render_mode
+        self.privileged_obs = privileged_obs
 
         self.model = mujoco.MjModel.from_xml_string(build_scene_xml(num_objects, image_size, video_size))
         self.data = mujoco.MjData(self.model)
@@ -93,6 +97,8 @@ class TabletopEnv(gym.Env):
         for index, camera in enumerate(self.cameras):
             observation[camera_image_key(camera, index)] = spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
         observation["instruction"] = spaces.Text(INSTRUCTION_MAX_LENGTH, charset=INSTRUCTION_CHARSET)
+        if privileged_obs:
+            observation["privileged"] = spaces.Box(-np.inf, np.inf, shape=(6,), dtype=np.float32)
         self.observation_space = spaces.Dict(observation)
         self._task_state: Dict[str, Any] = {}
 
@@ -205,10 +211,15 @@ class TabletopEnv(gym.Env):
     def _observation(self) -> Dict[str, Any]:
         finger_opening = self.data.qpos[3:5].mean()
         parts = [self.data.qpos[:3], self.data.qvel[:3], [finger_opening]]
-        if self.privileged_state:
+        privileged = []
+        if self.privileged_state or self.privileged_obs:
             measures = self.measures()
-            parts += [measures.target, self.task.goal(measures)]
+            privileged = [measures.target, self.task.goal(measures)]
+        if self.privileged_state:
+            parts += privileged
         observation: Dict[str, Any] = {"state": np.concatenate(parts).astype(np.float32)}
+        if self.privileged_obs:
+            observation["privileged"] = np.concatenate(privileged).astype(np.float32)
         if self.cameras:
             if self._image_renderer is None:
                 self._image_renderer = mujoco.Renderer(self.model, self.image_size, self.image_size)

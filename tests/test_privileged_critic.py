@@ -1,0 +1,67 @@
+"""Asymmetric actor-critic: the value head may read simulator state (obs["privileged"]); the actor never does."""
+
+import numpy as np
+import pytest
+import torch
+
+from envs import make_env
+from tests.conftest import train_config
+from vla.actor_critic import ActorCritic
+from vla.errors import ConfigError
+from vla.trainer import Trainer
+
+PRIVILEGED = ["env=tabletop_reach", "env.privileged_obs=true", "critic.privileged=true"]
+
+
+def test_tabletop_privileged_obs_is_the_named_objects_position_and_goal():
+    env = make_env(train_config(*PRIVILEGED, "env.use_camera=false").env)
+    obs, _ = env.reset(seed=3)
+    measures = env.unwrapped.measures()
+    np.testing.assert_allclose(obs["privileged"][:3], measures.target, atol=1e-6)
+    assert obs["privileged"].shape == (6,) and obs["state"].shape == (7,)  # the state stays proprio only
+    env.close()
+
+
+def model_and_obs(*overrides):
+    cfg = train_config(*PRIVILEGED, "env.use_camera=false", *overrides)
+    env = make_env(cfg.env)
+    obs, _ = env.reset(seed=0)
+    model = ActorCritic.from_config(cfg, env.observation_space, env.action_space)
+    env.close()
+    batch = {key: np.stack([value] * 4) if isinstance(value, np.ndarray) else [value] * 4
+             for key, value in obs.items()}
+    return model, batch
+
+
+@pytest.mark.parametrize("backbone", ["state", "towers"])
+def test_the_value_reads_privileged_state_and_the_actor_does_not(backbone):
+    torch.manual_seed(0)
+    model, batch = model_and_obs(f"backbone={backbone}")
+    obs = model.to_tensors(batch, update_stats=True)
+    other = dict(obs, privileged=obs["privileged"] + torch.randn_like(obs["privileged"]))
+    out, out_other = model.act(obs, deterministic=True), model.act(other, deterministic=True)
+    torch.testing.assert_close(out.action, out_other.action)
+    torch.testing.assert_close(out.log_prob, out_other.log_prob)
+    assert not torch.allclose(out.value, out_other.value)
+    assert "privileged" in out.update_inputs  # the update's value loss sees what the rollout's value saw
+    without = {key: value for key, value in obs.items() if key != "privileged"}
+    acted = model.act(without, deterministic=True)  # an eval env without privileged state: acting still works
+    torch.testing.assert_close(acted.action, out.action)
+    assert torch.isnan(acted.value).all()
+
+
+def test_privileged_critic_without_privileged_obs_is_a_clear_error():
+    cfg = train_config("env=tabletop_reach", "env.use_camera=false", "critic.privileged=true")
+    env = make_env(cfg.env)
+    with pytest.raises(ConfigError, match="env.privileged_obs=true"):
+        ActorCritic.from_config(cfg, env.observation_space, env.action_space)
+    env.close()
+
+
+def test_training_with_a_privileged_critic_saves_its_normalizer(tmp_path, small_train_overrides):
+    cfg = train_config(*small_train_overrides, *PRIVILEGED, "env.use_camera=false", "env.vector_mode=sync")
+    trainer = Trainer(cfg, tmp_path)
+    trainer.train()
+    weights = trainer.model.trainable_state_dict()
+    assert weights["privileged_rms.count"] > 1
+    assert trainer.storage.data["in/privileged"].shape == (32, 2, 6)
