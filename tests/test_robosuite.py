@@ -5,7 +5,6 @@ and shares each across its tests; the other tasks' scripted successes and the ve
 """
 
 import json
-from typing import Callable, Optional
 
 import numpy as np
 import pytest
@@ -13,6 +12,7 @@ from gymnasium.utils.env_checker import check_env
 
 from envs import make_env, make_vector_env
 from envs.robosuite_env import TASK_INSTRUCTIONS
+from envs.robosuite_experts import make_expert
 from tests.conftest import train_config
 from vla.errors import ConfigError
 
@@ -20,53 +20,6 @@ from vla.errors import ConfigError
 def env_config(preset: str, *overrides: str):
     """The shipped preset ``conf/env/robosuite_<preset>.yaml``, composed as ``vla-train env=...`` would."""
     return train_config(f"env=robosuite_{preset}", *[f"env.{o}" for o in overrides]).env
-
-
-class PickAndPlaceExpert:
-    """Scripted OSC_POSE controller with privileged positions: over the grasp point, down, close, up, then
-    (when there is a place point) over it, down, open and up. ``grasp_point``/``place_point`` read the robosuite
-    env; the place point is where the grasp point should be when the gripper opens."""
-
-    GAIN = 10.0  # OSC_POSE maps an action of 1 to a 5 cm end-effector step: aim to close the gap in 2 steps
-    OPEN, CLOSED = -1.0, 1.0
-    GRIPPER_STEPS = 10  # steps to close or open the fingers
-    MOVE_STEPS = 40  # a move that has not arrived by then (an object in the way) goes on to the next stage
-
-    def __init__(self, grasp_point: Callable, place_point: Optional[Callable] = None, lift: float = 0.1):
-        self.grasp_point, self.place_point, self.lift = grasp_point, place_point, lift
-        self.stage, self.stage_steps, self.anchor = "over_object", 0, None
-
-    def act(self, suite) -> np.ndarray:
-        eef = suite.sim.data.site_xpos[suite.robots[0].eef_site_id["right"]].copy()
-        if self.anchor is None:
-            self.anchor = eef
-        grasp = self.grasp_point(suite)
-        place = self.place_point(suite) if self.place_point is not None else None
-        stages = {  # stage: (goal, gripper, next stage)
-            "over_object": (grasp + [0, 0, 0.08], self.OPEN, "down_to_object"),
-            "down_to_object": (grasp, self.OPEN, "close"),
-            "close": (self.anchor, self.CLOSED, "up"),
-            "up": (self.anchor + [0, 0, self.lift], self.CLOSED, "over_place" if place is not None else "up"),
-            "over_place": (None if place is None else place + [0, 0, 0.1], self.CLOSED, "down_to_place"),
-            "down_to_place": (place, self.CLOSED, "open"),
-            "open": (self.anchor, self.OPEN, "retreat"),
-            # Up and away: robosuite counts a placed object only once the gripper has left it.
-            "retreat": (self.anchor + [0, 0, 0.1], self.OPEN, "retreat"),
-        }
-        goal, gripper, next_stage = stages[self.stage]
-        self.stage_steps += 1
-        if self.stage in ("close", "open"):
-            done = self.stage_steps >= self.GRIPPER_STEPS
-        else:
-            done = np.linalg.norm(goal - eef) < 0.01 or self.stage_steps >= self.MOVE_STEPS
-        if done and next_stage != self.stage:
-            self.stage, self.stage_steps, self.anchor = next_stage, 0, eef
-        delta = np.clip(self.GAIN * (goal - eef), -1, 1)
-        return np.array([*delta, 0, 0, 0, gripper], dtype=np.float32)
-
-
-def body_position(name: str) -> Callable:
-    return lambda suite: np.array(suite.sim.data.body_xpos[suite.sim.model.body_name2id(name)])
 
 
 def run_expert(env, expert, max_steps: int):
@@ -142,7 +95,7 @@ def test_scripted_lift_succeeds_and_terminates_on_success():
     try:
         assert "image" not in env.observation_space.spaces
         env.reset(seed=0)
-        expert = PickAndPlaceExpert(body_position("cube_main"))
+        expert = make_expert("Lift")
         terminated, truncated, info, steps = run_expert(env, expert, 200)
         assert info["success"] and terminated and not truncated, (steps, expert.stage)
     finally:
@@ -175,33 +128,17 @@ def test_every_task_preset_passes_check_env_with_its_camera(preset):
         env.close()
 
 
-def site_position(name: str) -> Callable:
-    return lambda suite: np.array(suite.sim.data.site_xpos[suite.sim.model.site_name2id(name)])
-
-
-def nut_over_round_peg(suite) -> np.ndarray:
-    """Where the nut's handle must be for the nut's centre to sit 0.15 m above the round peg's base."""
-    handle_offset = site_position("RoundNut_handle_site")(suite) - body_position("RoundNut_main")(suite)
-    return body_position("peg2")(suite) + handle_offset * [1, 1, 0] + [0, 0, 0.15]
-
-
-PICK_AND_PLACE = {  # preset: (grasp point, place point, lift height)
-    "stack": (body_position("cubeA_main"), lambda suite: body_position("cubeB_main")(suite) + [0, 0, 0.05], 0.1),
-    "pick_place_can": (body_position("Can_main"),
-                       lambda suite: suite.target_bin_placements[suite.object_to_id["can"]] + [0, 0, 0.1], 0.2),
-    "nut_assembly_round": (site_position("RoundNut_handle_site"), nut_over_round_peg, 0.2),
-}
+PICK_AND_PLACE_TASKS = {"stack": "Stack", "pick_place_can": "PickPlaceCan", "nut_assembly_round": "NutAssemblyRound"}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", sorted(PICK_AND_PLACE))
+@pytest.mark.parametrize("preset", sorted(PICK_AND_PLACE_TASKS))
 def test_scripted_pick_and_place_succeeds(preset):
     # The expert is simple (it drops the nut or misses the bin in about one episode in three); seed 0 works.
-    grasp, place, lift = PICK_AND_PLACE[preset]
     env = make_env(env_config(preset, "use_camera=false"))
     try:
         env.reset(seed=0)
-        expert = PickAndPlaceExpert(grasp, place, lift)
+        expert = make_expert(PICK_AND_PLACE_TASKS[preset])
         terminated, truncated, info, steps = run_expert(env, expert, 400)
         assert info["success"] and terminated and not truncated, (steps, expert.stage)
     finally:

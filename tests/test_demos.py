@@ -1,0 +1,105 @@
+"""Demonstrations: ``vla-demos`` writes robomimic's HDF5 layout, the file reads back as written, and the stored
+actions replayed from the stored seeds give the same episodes. The scripted robosuite Door expert opens the door."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from envs import make_env
+from envs.robosuite_env import TASK_INSTRUCTIONS
+from tests.conftest import REPO, run_cli
+from vla.demos import read_dataset, record_demos, record_episode, stored_keys
+from vla.errors import ConfigError, UserError
+
+PUSH = ["env=tabletop_push", "progress=false"]
+
+
+def demos_config(*overrides: str):
+    """The composed ``vla-demos`` config, as hydra builds it from the command line."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        return compose("demos", overrides=list(overrides))
+
+
+def test_demos_command_writes_robomimic_layout_that_reads_back_and_replays_exactly(tmp_path):
+    path = tmp_path / "push.hdf5"
+    result = run_cli("vla-demos", *PUSH, "episodes=3", "seed=5", "valid_fraction=0.34", f"output={path}",
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "wrote 3 demonstrations" in result.stdout and not list(tmp_path.glob(".push.hdf5.tmp-*"))
+
+    cfg = demos_config(*PUSH)
+    with h5py.File(path, "r") as f:  # the layout robomimic reads
+        data = f["data"]
+        assert json.loads(data.attrs["env_args"])["task"] == "push"
+        assert sorted(data) == ["demo_0", "demo_1", "demo_2"]
+        assert data.attrs["total"] == sum(data[name].attrs["num_samples"] for name in data)
+        assert sorted(n.decode() for n in [*f["mask/train"][()], *f["mask/valid"][()]]) == sorted(data)
+        assert len(f["mask/valid"]) == 1
+        demo = data["demo_0"]
+        assert set(demo["obs"]) == {"state", "image"}
+        assert demo["obs/image"].dtype == np.uint8 and demo["obs/image"].shape[1:] == (64, 64, 3)
+        assert demo["obs/state"].dtype == np.float32 and demo["actions"].dtype == np.float32
+        assert list(demo["dones"][()]) == [0] * (demo.attrs["num_samples"] - 1) + [1]
+
+    dataset = read_dataset(path)
+    env = make_env(cfg.env)
+    try:
+        keys = stored_keys(env.observation_space, None)
+        for name, demo in dataset.demos.items():
+            # Read back exactly as the expert recorded it from the same seed.
+            expected = record_episode(env, cfg.env, demo.seed, keys)
+            assert demo.seed == 5 + int(name.split("_")[1])  # every attempt succeeded: seeds are consecutive
+            for field in ("actions", "rewards", "dones"):
+                np.testing.assert_array_equal(getattr(demo, field), getattr(expected, field), err_msg=field)
+            for key in keys:
+                np.testing.assert_array_equal(demo.obs[key], expected.obs[key], err_msg=key)
+            assert (demo.instruction, demo.success) == (expected.instruction, True)
+            assert np.abs(demo.actions).max() <= 1.0
+
+            # The stored actions, replayed from the stored seed, reproduce observations, rewards and success.
+            obs, _ = env.reset(seed=demo.seed)
+            assert obs["instruction"] == demo.instruction
+            for t, action in enumerate(demo.actions):
+                np.testing.assert_array_equal(obs["image"], demo.obs["image"][t])
+                obs, reward, terminated, truncated, info = env.step(action)
+                assert reward == demo.rewards[t] and (terminated or truncated) == bool(demo.dones[t])
+            assert info["success"]
+    finally:
+        env.close()
+
+
+def test_failed_episodes_are_dropped_or_kept_and_image_keys_select_cameras(tmp_path):
+    too_short = ["env.max_episode_steps=3", "env=tabletop_reach"]
+    with pytest.raises(UserError, match="succeeded in none of 2 attempts"):
+        record_demos(demos_config(*too_short, "max_attempts=2", "progress=false"), tmp_path / "none.hdf5")
+    assert not list(tmp_path.iterdir())  # nothing written, no temporary file left
+
+    record_demos(demos_config(*too_short, "episodes=2", "only_successful=false", "image_keys=[]",
+                              "valid_fraction=0", "progress=false"), tmp_path / "failed.hdf5")
+    dataset = read_dataset(tmp_path / "failed.hdf5")
+    assert [demo.success for demo in dataset.demos.values()] == [False, False]
+    assert all(set(demo.obs) == {"state"} and demo.num_samples == 3 for demo in dataset.demos.values())
+    assert dataset.train == ["demo_0", "demo_1"] and dataset.valid == []
+
+    with pytest.raises(ConfigError, match="image_keys \\['wrist_image'\\]"):
+        record_demos(demos_config("env=tabletop_reach", "image_keys=[wrist_image]"), tmp_path / "x.hdf5")
+
+
+def test_env_without_an_expert_and_a_missing_dataset_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="'Reacher-v5' has no scripted expert"):
+        record_demos(demos_config("env=reacher"), tmp_path / "reacher.hdf5")
+    with pytest.raises(UserError, match="does not exist; record one with vla-demos"):
+        read_dataset(tmp_path / "nope.hdf5")
+
+
+def test_scripted_robosuite_door_expert_records_a_successful_demo(tmp_path):
+    path = tmp_path / "door.hdf5"
+    summary = record_demos(demos_config("env=robosuite_door", "env.use_camera=false", "episodes=1",
+                                        "progress=false"), path)
+    assert summary["demos"] == summary["attempts"] == 1
+    (demo,) = read_dataset(path).demos.values()
+    assert demo.success and demo.instruction in TASK_INSTRUCTIONS["Door"] and demo.actions.shape[1] == 7
+    assert demo.num_samples < 300  # it succeeded (and terminated) before the horizon
