@@ -1,4 +1,4 @@
-"""Console scripts ``vla-train`` and ``vla-eval`` (hydra apps on ``conf/``)."""
+"""Console scripts ``vla-train``, ``vla-eval`` and ``vla-demos`` (hydra apps on ``conf/``)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,12 @@ def _train(cfg: DictConfig) -> Optional[float]:
     from vla.trainer import Trainer
 
     try:
-        trainer = Trainer(cfg, Path(HydraConfig.get().runtime.output_dir))
+        if cfg.algo.name == "bc":
+            from vla.bc import BCTrainer
+
+            trainer = BCTrainer(cfg, Path(HydraConfig.get().runtime.output_dir))
+        else:
+            trainer = Trainer(cfg, Path(HydraConfig.get().runtime.output_dir))
         trainer.train()
     except UserError as error:
         _fail("vla-train", error)
@@ -81,9 +86,29 @@ def _eval(cfg: DictConfig) -> float:
     return report["success_rate"]
 
 
+@hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="demos")
+def _demos(cfg: DictConfig) -> None:
+    from vla.demos import record_demos
+
+    path = Path(cfg.output) if cfg.output else Path(HydraConfig.get().runtime.output_dir) / "demos.hdf5"
+    try:
+        summary = record_demos(cfg, path)
+    except UserError as error:
+        _fail("vla-demos", error)
+    if summary["demos"] < cfg.episodes:
+        print(f"vla-demos: warning: only {summary['demos']} of {cfg.episodes} episodes succeeded in "
+              f"{summary['attempts']} attempts (raise max_attempts for more)", file=sys.stderr, flush=True)
+    print(f"wrote {summary['demos']} demonstrations ({summary['samples']} steps, {summary['attempts']} attempts) "
+          f"to {summary['path']}", flush=True)
+
+
 def train_main() -> None:
     _train()
 
 
 def eval_main() -> None:
     _eval()
+
+
+def demos_main() -> None:
+    _demos()

@@ -314,6 +314,11 @@ class PPOConfig(AlgoConfig):
     # Weight of KL(pi_init || pi) on each minibatch's observations, pi_init being the policy the run started
     # from (init_from's, or the fresh one): keeps PPO near a cloned policy while the critic catches up (0: off).
     init_kl_coef: float = 0.0
+    # Weight of an auxiliary loss: a linear head on the actor's features predicts obs["privileged"] (simulator
+    # state, e.g. env.privileged_obs=true on tabletop: the named object's position), squared error on the
+    # normalized values. Teaches a pixel policy where things are with a dense supervised signal; the policy
+    # still acts from its own inputs only (0: off).
+    privileged_aux_coef: float = 0.0
 
 
 @dataclass
@@ -323,7 +328,7 @@ class BCConfig(AlgoConfig):
     the result (``init_from``). Frozen backbone features are computed once for the whole dataset."""
 
     name: str = "bc"
-    # Gradient steps in all; ignored when epochs is set.
+    # Gradient steps in all (rounded up to whole updates); ignored when epochs is set.
     gradient_steps: int = 2000
     # Passes over the training demos (None: gradient_steps decides).
     epochs: Optional[int] = None

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Dict, Optional
 
 import torch
 from torch import nn
+from torch.distributions import kl_divergence
 
 from vla.actor_critic import ActorCritic
 
@@ -108,12 +110,28 @@ class UpdateStats:
     optimizer_steps: int  # optimizer steps taken
     skipped_steps: int  # optimizer steps skipped because the loss or gradients were not finite
     early_stopped: bool
+    init_kl: Optional[float] = None  # mean KL(pi_init || pi) over the minibatches (None: no init_kl_coef)
+    privileged_aux: Optional[float] = None  # mean auxiliary privileged-state loss (None: privileged_aux_coef 0)
+
+
+def frozen_copy(model: ActorCritic) -> ActorCritic:
+    """The policy as it is now, frozen: the reference pi_init of the ``init_kl_coef`` term. Trainable weights
+    are copied; the backbone's frozen weights are shared, not duplicated (a VLM's can be gigabytes), and so is
+    the instruction list, so instruction ids mean the same text in both."""
+    frozen = [t for t in model.backbone.parameters() if not t.requires_grad]
+    frozen += [buffer for name, buffer in model.backbone.named_buffers() if not name.startswith("projection.")]
+    reference = copy.deepcopy(model, memo={id(t): t for t in frozen})
+    reference.requires_grad_(False)
+    reference.backbone.instruction_texts = model.backbone.instruction_texts
+    return reference
 
 
 class PPO:
-    def __init__(self, cfg, model: ActorCritic):
+    def __init__(self, cfg, model: ActorCritic, reference: Optional[ActorCritic] = None):
+        """``reference``: the frozen initial policy (``frozen_copy``) that ``cfg.init_kl_coef`` pulls towards."""
         self.cfg = cfg
         self.model = model
+        self.reference = reference
         value_lr = cfg.value_learning_rate if cfg.value_learning_rate is not None else cfg.learning_rate
         self.optimizer = torch.optim.Adam(
             [
@@ -143,7 +161,8 @@ class PPO:
         actor_params = self.model.actor_parameters()
         all_params = [p for group in self.optimizer.param_groups for p in group["params"]]
 
-        sums: Dict[str, float] = {k: 0.0 for k in ("policy", "value", "entropy", "kl", "clip", "grad", "std")}
+        sums: Dict[str, float] = {k: 0.0 for k in ("policy", "value", "entropy", "kl", "clip", "grad", "std",
+                                                   "init_kl")}
         count, skipped, early_stopped, epochs_done = 0, 0, False, 0.0
         for epoch in range(cfg.update_epochs):
             order = torch.randperm(batch_size, device=flat_adv.device)
@@ -168,10 +187,19 @@ class PPO:
                 v_loss = value_loss(new_value, old_values[idx], flat_returns[idx],
                                     cfg.clip_coef if cfg.clip_vloss else None)
                 entropy_mean = entropy.mean()
+                # KL(pi_init || pi) on this minibatch's observations: how far the policy moved from where the
+                # run started (0 while the actor is held still in the critic warm-up).
+                init_kl = torch.zeros((), device=new_value.device)
+                if self.reference is not None and not critic_only:
+                    with torch.no_grad():
+                        init_dist = self.reference.evaluate(mb_inputs, actions[idx])[3]
+                    init_kl = kl_divergence(init_dist, dist).mean()
                 if critic_only:
                     loss = cfg.vf_coef * v_loss
                 else:
-                    loss = pg_loss - cfg.ent_coef * entropy_mean + cfg.vf_coef * v_loss
+                    loss = pg_loss - cfg.ent_coef * entropy_mean + cfg.vf_coef * v_loss + cfg.init_kl_coef * init_kl
+                    if cfg.privileged_aux_coef and self.model.aux_loss is not None:
+                        loss = loss + cfg.privileged_aux_coef * self.model.aux_loss
 
                 self.optimizer.zero_grad(set_to_none=True)
                 if not torch.isfinite(loss):
@@ -196,6 +224,9 @@ class PPO:
                 sums["kl"] += approx_kl
                 sums["clip"] += clip_fraction
                 sums["grad"] += float(grad_norm)
+                if self.model.aux_loss is not None:
+                    sums["aux"] = sums.get("aux", 0.0) + float(self.model.aux_loss)
+                sums["init_kl"] += init_kl.item()
                 has_std = hasattr(dist, "base_dist")
                 sums["std"] += float(dist.base_dist.scale.detach().mean()) if has_std else float("nan")
             if early_stopped:
@@ -210,4 +241,6 @@ class PPO:
             explained_variance=explained_variance(old_values, flat_returns),
             grad_norm=sums["grad"] / n, action_std=sums["std"] / n, epochs=epochs_done,
             optimizer_steps=count, skipped_steps=skipped, early_stopped=early_stopped,
+            init_kl=sums["init_kl"] / n if self.reference is not None else None,
+            privileged_aux=sums["aux"] / n if "aux" in sums else None,
         )

@@ -24,7 +24,7 @@ from vla.errors import ConfigError, EnvFailureError, TrainingDivergedError
 from vla.evaluate import evaluate_policy
 from vla.logger import RunLogger
 from vla.normalize import RewardScaler
-from vla.ppo import PPO, RolloutStorage, compute_gae
+from vla.ppo import PPO, RolloutStorage, compute_gae, frozen_copy
 from vla.seeding import restore_rng, rng_json, rng_tensors, seed_everything
 
 
@@ -32,6 +32,17 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def load_initial_weights(model: ActorCritic, path: str, state_dim: int, action_dim: int) -> Dict[str, Any]:
+    """``init_from``: load the trainable weights and normalizer statistics of a BC or PPO checkpoint (or a run
+    directory's latest) into ``model``; refuses one made for another backbone, state or action size (naming
+    both sides) or with other heads. Returns the loaded checkpoint."""
+    loaded = ckpt.load_checkpoint(path)
+    ckpt.check_compatible(loaded["state"], backbone_identity=model.backbone.identity(), state_dim=state_dim,
+                          action_dim=action_dim, path=loaded["path"])
+    model.load_trainable_state_dict(loaded["weights"], str(loaded["path"]))
+    return loaded
 
 
 def stack_obs(observations: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
@@ -251,6 +262,9 @@ class Trainer:
     def __init__(self, cfg, run_dir: Path):
         self.cfg = cfg
         self.algo = cfg.algo
+        if cfg.dataset is not None:
+            raise ConfigError(f"dataset= is read by behaviour cloning (algo=bc), not by algo={cfg.algo.name}; to "
+                              "start PPO from demonstrations, clone them first and pass init_from=<BC run>")
         torch.set_num_threads(cfg.torch_threads)
         torch.use_deterministic_algorithms(cfg.deterministic_torch)
         seed_everything(cfg.seed)
@@ -288,7 +302,20 @@ class Trainer:
         # Rewards of chunks are already discounted sums over their steps: the return's discount per transition.
         self.reward_scaler = RewardScaler(self.num_envs, self.algo.gamma ** self.action_chunk,
                                           self.algo.clip_norm).to(self.device)
-        self.ppo = PPO(self.algo, self.model)
+        initialized_from = None
+        # A run started from a checkpoint keeps that checkpoint's state normalizer fixed: updating it would
+        # change the inputs the loaded policy was trained on (a BC policy's statistics come from the demos; a
+        # first rollout as large as the dataset would move them halfway to the new states).
+        self.freeze_state_norm = cfg.init_from is not None
+        if cfg.init_from and resume_from is None:
+            initialized_from = load_initial_weights(self.model, cfg.init_from, self.state_dim, self.action_dim)
+            scaler = initialized_from["trainer"].get("reward_scaler")  # a PPO checkpoint's return statistics
+            if scaler is not None:
+                self.reward_scaler.return_rms.load_state_dict(
+                    {k[len("return_rms."):]: v for k, v in scaler.items() if k.startswith("return_rms.")})
+        # The policy this run starts from, frozen, for the KL(pi_init || pi) term (on resume: from the checkpoint).
+        reference = frozen_copy(self.model) if self.algo.init_kl_coef > 0 else None
+        self.ppo = PPO(self.algo, self.model, reference)
         self.storage = RolloutStorage(self.algo.num_steps, self.num_envs, self.device)
         self.update_index = 0
         self.global_step = 0
@@ -307,6 +334,10 @@ class Trainer:
             self.rollouts.reset(seed=cfg.seed)
         self.logger = RunLogger(self.run_dir, self.num_updates * self.batch_size * self.action_chunk,
                                 self.global_step, cfg.progress)
+        if initialized_from is not None:
+            self.logger.message(f"initialized from {initialized_from['path']} (algo "
+                                f"{initialized_from['state'].get('algo', 'ppo')}, step "
+                                f"{initialized_from['state']['global_step']})")
         if resume_from is not None:
             self.logger.message(f"resumed from {resume_from['path']} at env step {self.global_step}")
             if not exact_resume:
@@ -329,7 +360,8 @@ class Trainer:
 
     def collect_rollout(self) -> CollectedRollout:
         """Fill the storage with the next rollout (locally or from the Ray workers), then scale its rewards."""
-        rollout = self.rollouts.collect(self.model, self.storage, update_state_stats=self.algo.norm_state)
+        rollout = self.rollouts.collect(self.model, self.storage,
+                                        update_state_stats=self.algo.norm_state and not self.freeze_state_norm)
         # Episodes dropped by an env restart must not pass their discounted return on to new ones.
         self.reward_scaler.discounted_return[torch.as_tensor(rollout.fresh_envs, device=self.device)] = 0.0
         if self.algo.norm_reward:
@@ -378,6 +410,8 @@ class Trainer:
             "losses/entropy": stats.entropy, "losses/approx_kl": stats.approx_kl,
             "losses/clip_fraction": stats.clip_fraction, "losses/explained_variance": stats.explained_variance,
             "losses/grad_norm": stats.grad_norm, "losses/update_epochs": stats.epochs,
+            "losses/init_kl": stats.init_kl,
+            "losses/privileged_aux": stats.privileged_aux,
             "policy/action_std": stats.action_std,
             "charts/learning_rate": self.ppo.optimizer.param_groups[0]["lr"],
             "charts/value_learning_rate": self.ppo.optimizer.param_groups[1]["lr"],
@@ -539,7 +573,11 @@ class Trainer:
             "episode_returns": torch.as_tensor(self.episodes.returns),
             "episode_lengths": torch.as_tensor(self.episodes.lengths),
         }
+        if self.ppo.reference is not None:
+            trainer_state["init_policy"] = self.ppo.reference.trainable_state_dict()
         state = {
+            "algo": "ppo",
+            "freeze_state_norm": self.freeze_state_norm,
             "global_step": self.global_step,
             "update_index": self.update_index,
             "num_envs": self.num_envs,
@@ -561,11 +599,19 @@ class Trainer:
         """Load weights, optimizer, normalizers, counters, RNGs and (when possible) exact env states; True when
         the env states came back exactly."""
         state, trainer_state = loaded["state"], loaded["trainer"]
+        if state.get("algo", "ppo") != "ppo":
+            raise ckpt.CheckpointError(f"checkpoint {loaded['path']} was written by algo={state['algo']}; resume= "
+                                       f"continues PPO runs: start PPO from it with init_from={loaded['path']}")
         ckpt.check_compatible(state, backbone_identity=self.model.backbone.identity(), state_dim=self.state_dim,
                               action_dim=self.action_dim, path=loaded["path"])
         self.model.load_trainable_state_dict(loaded["weights"], str(loaded["path"]))
+        if self.ppo.reference is not None:
+            # A run that had no KL term until now keeps the policy it resumes from as its reference.
+            initial_policy = trainer_state.get("init_policy", loaded["weights"])
+            self.ppo.reference.load_trainable_state_dict(initial_policy, str(loaded["path"]))
         self.ppo.optimizer.load_state_dict(trainer_state["optimizer"])
         self.global_step, self.update_index = state["global_step"], state["update_index"]
+        self.freeze_state_norm = state.get("freeze_state_norm", False)
         self.best_eval = state.get("best_eval")
         snapshots = state.get("env_snapshots") or []
         exact = (self.rollouts.restores_snapshots and state.get("num_envs") == self.num_envs

@@ -1,0 +1,170 @@
+"""Behaviour cloning and RL from its result: the loss falls, ``vla-train algo=bc`` writes checkpoints that
+``vla-eval`` and ``init_from`` load, ``init_from`` refuses a checkpoint that does not fit, the KL term toward
+the initial policy starts at 0, and the critic warm-up leaves the actor bit-identical."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import run_cli, train_config
+from tests.test_backbones import ImageInstructionEnv, actor_critic, collect, ppo_config
+from tests.test_demos import demos_config
+from vla import checkpoint as ckpt
+from vla.bc import BCTrainer, demo_samples
+from vla.demos import Demo, DemoDataset, DatasetError, record_demos
+from vla.ppo import PPO, compute_gae, frozen_copy
+from vla.trainer import Trainer
+
+# Tabletop reach from its state with the target's position in it (the state backbone reads nothing else).
+REACH = ["env=tabletop_reach", "env.use_camera=false", "env.privileged_state=true"]
+BC_RUN = [*REACH, "algo=bc", "algo.gradient_steps=40", "algo.steps_per_update=20", "num_envs=2", "eval.episodes=2",
+      "eval.video_episodes=0", "progress=false", "torch_threads=1"]
+PPO_RUN = ["num_envs=2", "algo.num_steps=16", "algo.num_minibatches=2", "algo.update_epochs=1",
+       "total_env_steps=64", "eval.episodes=2", "eval.video_episodes=0", "progress=false", "torch_threads=1"]
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    path = tmp_path_factory.mktemp("demos") / "reach.hdf5"
+    record_demos(demos_config(*REACH, "episodes=6", "valid_fraction=0.34", "progress=false"), path)
+    return path
+
+
+def test_bc_loss_falls_on_a_fixed_batch_with_cached_tower_features_and_action_chunks(tmp_path):
+    path = tmp_path / "push.hdf5"
+    record_demos(demos_config("env=tabletop_push", "episodes=2", "valid_fraction=0", "progress=false"), path)
+    cfg = train_config("env=tabletop_push", "algo=bc", f"dataset={path}", "backbone=towers",
+                       "backbone.hidden_size=32", "policy=gaussian_transformer", "policy.width=32",
+                       "policy.feedforward_size=64", "policy.chunk_size=2", "algo.learning_rate=3e-3",
+                       "progress=false")
+    trainer = BCTrainer(cfg, tmp_path / "run")
+    inputs = trainer.train_data["inputs"]
+    assert any(key.startswith("frozen/") for key in inputs) and "image" not in inputs  # computed once, cached
+    assert trainer.train_data["actions"].shape[1] == 8 and trainer.train_data["mask"][-1].tolist() == [1] * 4 + [0] * 4
+    batch = torch.arange(16)
+    losses = []
+    for _ in range(60):
+        nll, _, _ = trainer.losses(trainer.train_data, batch)
+        trainer.optimizer.zero_grad()
+        nll.backward()
+        trainer.optimizer.step()
+        losses.append(nll.item())
+    assert np.isfinite(losses).all() and losses[-1] < losses[0] - 3.0, losses[::10]
+    trainer.logger.close()
+
+
+def test_action_chunk_targets_are_the_next_actions_masked_past_the_demo_end():
+    actions = np.arange(8, dtype=np.float32).reshape(4, 2)  # 4 steps of 2-d actions
+    demo = Demo(obs={"state": np.zeros((4, 3), np.float32)}, actions=actions, rewards=np.zeros(4),
+                dones=np.array([0, 0, 0, 1]), instruction="go", success=True, seed=0)
+    samples = demo_samples(DemoDataset({}, {"demo_0": demo}, ["demo_0"], []), ["demo_0"],
+                           ["state", "instruction"], chunk=3)
+    assert samples["actions"][0].tolist() == [0, 1, 2, 3, 4, 5]
+    assert samples["actions"][3].tolist() == [6, 7, 0, 0, 0, 0]
+    assert samples["mask"][2].tolist() == [1, 1, 1, 1, 0, 0] and samples["obs"]["instruction"] == ["go"] * 4
+
+
+def test_bc_through_the_console_scripts_then_eval_then_ppo_from_it(demos, tmp_path):
+    bc_run = tmp_path / "bc"
+    result = run_cli("vla-train", *BC_RUN, f"dataset={demos}", f"hydra.run.dir={bc_run}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = EventAccumulator(str(bc_run / "tb"))
+    events.Reload()
+    assert {"losses/bc_nll", "losses/bc_valid_nll", "eval/success_rate"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("losses/bc_nll")] == [20, 40]
+    assert (bc_run / "checkpoints" / "latest").read_text().strip() == "update_000002"
+    state = json.loads((bc_run / "checkpoints" / "update_000002" / "state.json").read_text())
+    assert state["algo"] == "bc" and state["global_step"] == 40
+    weights = ckpt.load_checkpoint(bc_run)["weights"]
+    assert float(weights["state_rms.count"]) > 10  # statistics of the training demos' states
+    bc_report = json.loads((bc_run / "eval" / "final" / "report.json").read_text())
+
+    result = run_cli("vla-eval", f"checkpoint={bc_run}", "episodes=2", "num_envs=2", "progress=false",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (eval_dir,) = (bc_run / "eval").glob("latest-*")
+    report = json.loads((eval_dir / "report.json").read_text())
+    assert report["episode_rows"] == bc_report["episode_rows"]  # the same policy on the same seeds
+
+    # PPO from the BC checkpoint, actor held still throughout: its evaluation is the cloned policy's own,
+    # so the weights and the (fixed) state normalizer came along.
+    ppo_run = tmp_path / "ppo"
+    result = run_cli("vla-train", *REACH, *PPO_RUN, f"init_from={bc_run}", "algo.critic_warmup_updates=2",
+                     "algo.init_kl_coef=0.1", f"hydra.run.dir={ppo_run}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "initialized from" in result.stdout and "(algo bc, step 40)" in result.stdout
+    ppo_report = json.loads((ppo_run / "eval" / "final" / "report.json").read_text())
+    assert ppo_report["episode_rows"] == bc_report["episode_rows"]
+    events = EventAccumulator(str(ppo_run / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("losses/policy")] == [32, 64]  # a fresh run: counters from 0
+    assert [e.value for e in events.Scalars("losses/init_kl")] == [0.0, 0.0]
+    assert json.loads((ppo_run / "checkpoints" / "update_000002" / "state.json").read_text())["algo"] == "ppo"
+
+
+@pytest.fixture(scope="module")
+def bc_checkpoint(demos, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("bc") / "run"
+    BCTrainer(train_config(*BC_RUN, f"dataset={demos}", "eval.episodes=0"), run_dir).train()
+    return run_dir
+
+
+@pytest.mark.parametrize("overrides, difference", [
+    ([*REACH, "backbone.mode=mlp"], "'mode': 'identity'"),  # another backbone: the message shows both identities
+    ([*REACH, "env.privileged_state=false"], "state size 13 vs 7"),  # another state size
+    (["env=reacher"], "action size 4 vs 2"),  # another action space
+])
+def test_init_from_refuses_a_checkpoint_of_another_backbone_or_action_space(bc_checkpoint, tmp_path, overrides,
+                                                                            difference):
+    cfg = train_config(*overrides, *PPO_RUN, "env.vector_mode=sync", f"init_from={bc_checkpoint}")
+    with pytest.raises(ckpt.CheckpointError, match="does not fit this model") as info:
+        Trainer(cfg, tmp_path / "run")
+    assert difference in str(info.value)
+
+
+def test_bc_checkpoints_are_not_resumed_as_ppo_and_demos_must_fit_the_env(bc_checkpoint, demos, tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="written by algo=bc.*init_from="):
+        Trainer(train_config(*REACH, *PPO_RUN, f"resume={bc_checkpoint}"), tmp_path / "r")
+    with pytest.raises(DatasetError, match="observation 'image' missing") as info:
+        BCTrainer(train_config(*BC_RUN, f"dataset={demos}", "env.use_camera=true"), tmp_path / "r")
+    assert "recorded on env" in str(info.value)
+    with pytest.raises(DatasetError, match="action size 4 vs 2"):
+        BCTrainer(train_config(*BC_RUN[len(REACH):], f"dataset={demos}", "env=reacher"), tmp_path / "r")
+
+
+def gae(storage):
+    data = storage.data
+    return compute_gae(data["reward"], data["value"], data["terminated"], data["truncated"], data["final_value"],
+                       torch.zeros(storage.num_envs), 0.99, 0.95)
+
+
+@pytest.mark.parametrize("backbone", ["state", "towers"])
+def test_init_kl_is_zero_at_the_first_minibatch_and_finite_after(backbone):
+    env = ImageInstructionEnv(image_size=32)
+    overrides = ["backbone=towers", "backbone.hidden_size=32"] if backbone == "towers" else []
+    model = actor_critic(env, *overrides)
+    reference = frozen_copy(model)
+    if backbone == "towers":  # frozen tower weights are shared with the reference, not copied
+        assert next(model.backbone.towers.parameters()) is next(reference.backbone.towers.parameters())
+    storage, _ = collect(model, env, num_steps=4, num_envs=4)
+    advantages, returns = gae(storage)
+    ppo = PPO(ppo_config(update_epochs=1, num_minibatches=1, init_kl_coef=1.0), model, reference)
+    first = ppo.update(storage, advantages, returns)
+    assert first.init_kl == 0.0  # pi is pi_init until the first step
+    second = ppo.update(storage, advantages, returns)
+    assert np.isfinite(second.init_kl) and second.init_kl > 0.0
+    assert all(not p.requires_grad for p in reference.parameters())
+
+
+def test_critic_warmup_leaves_the_actor_bit_identical():
+    env = ImageInstructionEnv(image_size=32)
+    model = actor_critic(env, "backbone=state", "backbone.mode=mlp", "backbone.hidden_size=16")
+    storage, _ = collect(model, env, num_steps=4, num_envs=4)
+    actor_before = [p.detach().clone() for p in model.actor_parameters()]
+    critic_before = [p.detach().clone() for p in model.critic_parameters()]
+    PPO(ppo_config(), model).update(storage, *gae(storage), critic_only=True)
+    assert all(torch.equal(a, b) for a, b in zip(model.actor_parameters(), actor_before))
+    assert not all(torch.equal(a, b) for a, b in zip(model.critic_parameters(), critic_before))

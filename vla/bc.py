@@ -1,0 +1,334 @@
+"""Behaviour cloning: ``vla-train algo=bc dataset=PATH``.
+
+Trains the action expert (and whatever part of the backbone trains: projection, LoRA adapters) by maximum
+likelihood of the demonstrations' actions, with the same backbone, expert and critic configs and the same
+``ActorCritic`` a PPO run builds, and writes checkpoints in the PPO trainer's format, so ``vla-eval`` evaluates
+them and ``vla-train init_from=<checkpoint>`` starts PPO from them. The critic is not trained here (demos say
+nothing about values under the cloned policy); PPO's ``algo.critic_warmup_updates`` fits it before the actor
+moves.
+
+When nothing in the backbone's frozen stage trains, its features are computed once for the whole dataset
+(``ActorCritic.act`` caches them exactly as a PPO rollout does) and every epoch reads them.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from omegaconf import OmegaConf
+from torch import nn
+
+from envs import make_env
+from vla import checkpoint as ckpt
+from vla.actor_critic import ActorCritic
+from vla.demos import DatasetError, DemoDataset, read_dataset
+from vla.errors import ConfigError, TrainingDivergedError
+from vla.evaluate import evaluate_policy
+from vla.logger import RunLogger
+from vla.seeding import rng_json, rng_tensors, seed_everything
+from vla.trainer import load_initial_weights, resolve_device
+
+# Samples per forward pass when the dataset's features are computed or its validation loss is measured.
+INFERENCE_BATCH = 256
+
+
+def check_dataset_fits(dataset: DemoDataset, observation_space: spaces.Dict, action_dim: int, path) -> None:
+    """Refuse demos whose actions or observations do not fit the run's env, naming every difference."""
+    demo = next(iter(dataset.demos.values()))
+    problems = []
+    if demo.actions.shape[1] != action_dim:
+        problems.append(f"action size {demo.actions.shape[1]} vs {action_dim}")
+    for key, space in observation_space.spaces.items():
+        if key == "instruction":
+            if demo.instruction is None:
+                problems.append("no instruction attribute on the demos, but the env gives one")
+        elif key not in demo.obs:
+            problems.append(f"observation {key!r} missing (the dataset has {sorted(demo.obs)})")
+        elif demo.obs[key].shape[1:] != space.shape:
+            problems.append(f"observation {key!r} of shape {demo.obs[key].shape[1:]} vs {space.shape}")
+    if problems:
+        recorded = {k: v for k, v in dataset.env_args.items() if k in ("kind", "id", "task", "cameras", "use_camera")}
+        raise DatasetError(
+            f"dataset {path} (recorded on env {recorded}) does not fit this run's env: " + "; ".join(problems)
+            + ". Train with the env config the demos were recorded on, or record demos on this one with "
+            "vla-demos env=<the same env>")
+
+
+def demo_samples(dataset: DemoDataset, names: List[str], keys: List[str], chunk: int) -> Dict[str, Any]:
+    """Every step of the named demos as one batch: observations (``instruction``: one text per step), the
+    action targets and their mask. With action chunks of ``chunk`` steps the target of step t is the flattened
+    actions t .. t + chunk - 1; past the demo's end the target is padded and masked out."""
+    observations: Dict[str, list] = {key: [] for key in keys}
+    targets, masks = [], []
+    for name in names:
+        demo = dataset.demos[name]
+        n, action_dim = demo.actions.shape
+        for key in keys:
+            if key == "instruction":
+                observations[key] += [demo.instruction] * n
+            else:
+                observations[key].append(demo.obs[key])
+        padded = np.concatenate([demo.actions, np.zeros((chunk - 1, action_dim), demo.actions.dtype)])
+        valid = np.concatenate([np.ones((n, action_dim)), np.zeros((chunk - 1, action_dim))])
+        windows = np.arange(n)[:, None] + np.arange(chunk)[None, :]  # (n, chunk) step indices
+        targets.append(padded[windows].reshape(n, chunk * action_dim))
+        masks.append(valid[windows].reshape(n, chunk * action_dim))
+    obs = {key: values if key == "instruction" else np.concatenate(values) for key, values in observations.items()}
+    return {"obs": obs, "actions": np.concatenate(targets).astype(np.float32),
+            "mask": np.concatenate(masks).astype(np.float32)}
+
+
+def masked_nll(dist, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """-log p(a | s) per sample over the valid action dimensions (a chunk running past its demo's end has
+    padded ones). Reads the per-dimension densities of the expert's factorized distribution."""
+    return -(dist.base_dist.log_prob(targets) * mask).sum(-1)
+
+
+class BCTrainer:
+    """Minibatch Adam on the demos' negative log-likelihood; logs, validates, evaluates in simulation and
+    checkpoints every ``steps_per_update`` gradient steps (one "update"), like the PPO trainer per update."""
+
+    def __init__(self, cfg, run_dir: Path):
+        self.cfg = cfg
+        self.algo = cfg.algo
+        if cfg.dataset is None:
+            raise ConfigError("algo=bc needs dataset=PATH: demonstrations recorded with vla-demos (or any "
+                              "robomimic-style HDF5 file with this env's observation keys)")
+        if cfg.resume is not None:
+            raise ConfigError("resume= continues PPO runs; run algo=bc again (it is short), or continue training "
+                              f"from a BC checkpoint with init_from={cfg.resume}")
+        torch.set_num_threads(cfg.torch_threads)
+        torch.use_deterministic_algorithms(cfg.deterministic_torch)
+        seed_everything(cfg.seed)
+        self.device = resolve_device(cfg.device)
+        self.run_dir = run_dir
+        self.checkpoint_root = run_dir / "checkpoints"
+        self.dataset_path = Path(cfg.dataset).expanduser().resolve()
+
+        dataset = read_dataset(self.dataset_path)
+        probe = make_env(cfg.env)
+        obs_space, action_space = probe.observation_space, probe.action_space
+        probe.close()
+        self.state_dim = int(obs_space["state"].shape[0])
+        self.action_dim = int(np.prod(action_space.shape))
+        check_dataset_fits(dataset, obs_space, self.action_dim, self.dataset_path)
+        if not dataset.train:
+            raise DatasetError(f"dataset {self.dataset_path} lists no training demos under mask/train")
+        self.model = ActorCritic.from_config(cfg, obs_space, action_space).to(self.device)
+        if cfg.init_from:
+            load_initial_weights(self.model, cfg.init_from, self.state_dim, self.action_dim)
+        self.optimizer = torch.optim.Adam(self.model.actor_parameters(), lr=self.algo.learning_rate,
+                                          eps=self.algo.adam_eps, weight_decay=self.algo.weight_decay)
+
+        keys = [key for key in obs_space.spaces]
+        chunk = self.model.actions_per_decision
+        train = demo_samples(dataset, dataset.train, keys, chunk)
+        valid = demo_samples(dataset, dataset.valid, keys, chunk) if dataset.valid else None
+        for split in (train, valid):
+            if split is not None and not all(np.isfinite(v).all() for k, v in split["obs"].items()
+                                             if k != "instruction" and v.dtype.kind == "f"):
+                raise DatasetError(f"dataset {self.dataset_path} holds NaN/inf observations")
+        # The state normalizer comes from the training demos (unless init_from brought one along).
+        self.train_data = self.model_inputs(train, fit_normalizer=not cfg.init_from)
+        self.valid_data = self.model_inputs(valid, fit_normalizer=False) if valid is not None else None
+        self.num_samples = len(self.train_data["actions"])
+        self.batch_size = min(self.algo.batch_size, self.num_samples)
+        steps_per_epoch = math.ceil(self.num_samples / self.batch_size)
+        total_steps = self.algo.epochs * steps_per_epoch if self.algo.epochs is not None \
+            else self.algo.gradient_steps
+        self.num_updates = max(1, math.ceil(total_steps / self.algo.steps_per_update))
+        self.total_steps = self.num_updates * self.algo.steps_per_update
+        self.steps_per_epoch = steps_per_epoch
+
+        self.global_step = 0  # gradient steps: the x axis of this run's curves
+        self.update_index = 0
+        self.best_eval: Optional[Dict[str, float]] = None
+        self.final_report: Optional[Dict[str, Any]] = None
+        self.stop_signal: Optional[int] = None
+        self.history: List[Dict[str, float]] = []
+        self._order = torch.empty(0, dtype=torch.long)
+        self.logger = RunLogger(run_dir, self.total_steps, 0, cfg.progress)
+        self.logger.writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg) + "\n```", 0)
+        self.logger.message(
+            f"behaviour cloning on {len(dataset.train)} demos ({self.num_samples} steps; {len(dataset.valid)} more "
+            f"held out for validation) from {self.dataset_path}: {self.total_steps} gradient steps of "
+            f"{self.batch_size} samples")
+
+    # ------------------------------------------------------------------------------------------- data
+    @torch.no_grad()
+    def model_inputs(self, samples: Dict[str, Any], fit_normalizer: bool) -> Dict[str, Any]:
+        """Observations -> the update inputs a PPO rollout stores for them (cached frozen features, or the
+        observations themselves when the frozen stage trains), action targets and masks, on the device."""
+        obs = self.model.to_tensors(samples["obs"], update_stats=fit_normalizer and self.algo.norm_state)
+        count = len(samples["actions"])
+        pieces = [self.model.act({k: v[i:i + INFERENCE_BATCH] for k, v in obs.items()}).update_inputs
+                  for i in range(0, count, INFERENCE_BATCH)]
+        inputs = {key: torch.cat([piece[key] for piece in pieces]) for key in pieces[0]}
+        return {"inputs": inputs, "actions": torch.as_tensor(samples["actions"], device=self.device),
+                "mask": torch.as_tensor(samples["mask"], device=self.device)}
+
+    def next_batch(self) -> torch.Tensor:
+        """Indices of the next minibatch: consecutive slices of a fresh permutation every epoch."""
+        if len(self._order) < self.batch_size:
+            self._order = torch.randperm(self.num_samples)
+        batch, self._order = self._order[:self.batch_size], self._order[self.batch_size:]
+        return batch.to(self.device)
+
+    def losses(self, data: Dict[str, Any], idx: torch.Tensor):
+        """(mean NLL, mean squared error of the mean action, action std, the distribution) on samples ``idx``."""
+        inputs = {key: value[idx] for key, value in data["inputs"].items()}
+        targets, mask = data["actions"][idx], data["mask"][idx]
+        _, _, _, dist = self.model.evaluate(inputs, targets)
+        nll = masked_nll(dist, targets, mask).mean()
+        mse = ((dist.mean - targets).pow(2) * mask).sum() / mask.sum()
+        return nll, mse, dist
+
+    @torch.no_grad()
+    def validation(self) -> Dict[str, float]:
+        count = len(self.valid_data["actions"])
+        nll = mse = 0.0
+        for start in range(0, count, INFERENCE_BATCH):
+            idx = torch.arange(start, min(start + INFERENCE_BATCH, count), device=self.device)
+            batch_nll, batch_mse, _ = self.losses(self.valid_data, idx)
+            nll += float(batch_nll) * len(idx)
+            mse += float(batch_mse) * len(idx)
+        return {"losses/bc_valid_nll": nll / count, "losses/bc_valid_mse": mse / count}
+
+    # ----------------------------------------------------------------------------------------- update
+    def train_one_update(self) -> Dict[str, float]:
+        start = time.perf_counter()
+        sums = {"nll": 0.0, "mse": 0.0, "grad": 0.0, "std": 0.0}
+        steps = skipped = 0
+        for _ in range(self.algo.steps_per_update):
+            if self.algo.anneal_lr:
+                self.optimizer.param_groups[0]["lr"] = self.algo.learning_rate * (
+                    1.0 - self.global_step / self.total_steps)
+            nll, mse, dist = self.losses(self.train_data, self.next_batch())
+            self.global_step += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            if not torch.isfinite(nll):
+                skipped += 1
+                continue
+            nll.backward()
+            grad_norm = nn.utils.clip_grad_norm_(self.model.actor_parameters(), self.algo.max_grad_norm)
+            if not torch.isfinite(grad_norm):
+                skipped += 1
+                continue
+            self.optimizer.step()
+            steps += 1
+            sums["nll"] += nll.item()
+            sums["mse"] += mse.item()
+            sums["grad"] += float(grad_norm)
+            sums["std"] += float(dist.stddev.detach().mean())
+        self.update_index += 1
+        if steps == 0:
+            raise TrainingDivergedError(
+                f"every minibatch of update {self.update_index} had a non-finite loss or gradient; stopping. "
+                "Lower algo.learning_rate, or check the dataset's actions and observations")
+        metrics = {"losses/bc_nll": sums["nll"] / steps, "losses/bc_mse": sums["mse"] / steps,
+                   "losses/grad_norm": sums["grad"] / steps, "policy/action_std": sums["std"] / steps,
+                   "charts/learning_rate": self.optimizer.param_groups[0]["lr"],
+                   "charts/epoch": self.global_step / self.steps_per_epoch,
+                   "reliability/skipped_minibatches": float(skipped)}
+        if self.valid_data is not None:
+            metrics.update(self.validation())
+        metrics["perf/gradient_steps_per_second"] = self.algo.steps_per_update / (time.perf_counter() - start)
+        return metrics
+
+    def train(self) -> List[Dict[str, float]]:
+        """Run all updates, then evaluate in simulation; returns the per-update metrics (also in tensorboard)."""
+        every_eval = self.cfg.eval.every_updates
+        previous_handlers = {sig: signal.signal(sig, self._on_stop_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while self.update_index < self.num_updates and self.stop_signal is None:
+                metrics = self.train_one_update()
+                self.history.append(metrics)
+                self.logger.scalars(metrics, self.global_step)
+                self.logger.progress(self.algo.steps_per_update, {"nll": f"{metrics['losses/bc_nll']:.3f}"})
+                if every_eval and self.update_index % every_eval == 0 and self.update_index < self.num_updates:
+                    self.keep_if_best(self.evaluate(f"update_{self.update_index:06d}"))
+                if self.update_index % self.cfg.checkpoint.every_updates == 0 or \
+                        self.update_index == self.num_updates or self.stop_signal is not None:
+                    self.save()
+            if self.stop_signal is not None:
+                self.logger.message(f"stopped by {signal.Signals(self.stop_signal).name} at gradient step "
+                                    f"{self.global_step}; the last checkpoint is in {self.checkpoint_root}")
+            elif self.cfg.eval.at_end and self.cfg.eval.episodes > 0:
+                self.final_report = self.evaluate("final", record=self.cfg.eval.video_episodes)
+                self.keep_if_best(self.final_report)
+        finally:
+            for sig, handler in previous_handlers.items():
+                signal.signal(sig, handler)
+            self.logger.close()
+        return self.history
+
+    def _on_stop_signal(self, signum, frame) -> None:
+        """First SIGINT/SIGTERM: finish the current update, checkpoint, stop. Second: stop at once."""
+        if self.stop_signal is not None:
+            raise KeyboardInterrupt
+        self.stop_signal = signum
+        self.logger.message(f"{signal.Signals(signum).name}: finishing the current update, then writing a "
+                            "checkpoint (send it again to stop at once)")
+
+    # ------------------------------------------------------------------------------- evaluation, checkpoints
+    def evaluate(self, name: str, record: int = 0) -> Dict[str, Any]:
+        """The cloned policy in simulation on the fixed evaluation seeds (``eval.*``), logged as ``eval/*``."""
+        ecfg = self.cfg.eval
+        identity = {"path": str(self.checkpoint_root), "global_step": self.global_step,
+                    "update": self.update_index, "backbone": self.model.backbone.identity()}
+        report = evaluate_policy(
+            self.model, self.cfg.env, self.run_dir / "eval" / name, episodes=ecfg.episodes, seed=ecfg.seed,
+            num_envs=ecfg.num_envs or self.cfg.num_envs, deterministic=ecfg.deterministic, checkpoint=identity,
+            config=OmegaConf.to_container(self.cfg, resolve=True), record=record, fps=ecfg.video_fps,
+            writer=self.logger.writer, step=self.global_step)
+        self.logger.scalars({
+            "eval/success_rate": report["success_rate"],
+            "eval/episode_length": report["episode_length_mean"],
+            "eval/episode_length_success": report["episode_length_success_mean"],
+            "eval/episode_return": report["episode_return_mean"],
+        }, self.global_step)
+        self.logger.message(f"eval at gradient step {self.global_step}: success rate {report['success_rate']:.1%}, "
+                            f"episode length {report['episode_length_mean']:.1f}")
+        return report
+
+    def keep_if_best(self, report: Dict[str, Any]) -> None:
+        """Keep ``checkpoints/best``: the highest eval success rate so far (ties: the higher return)."""
+        score = (report["success_rate"], report["episode_return_mean"])
+        if self.best_eval is None or score > (self.best_eval["success_rate"], self.best_eval["return"]):
+            self.best_eval = {"success_rate": score[0], "return": score[1], "global_step": self.global_step}
+            self.save(name="best")
+
+    def save(self, name: Optional[str] = None) -> Path:
+        """A checkpoint in the PPO trainer's format (``state.json`` says ``algo: bc``; no env state to resume)."""
+        self.logger.writer.flush()
+        weights = self.model.trainable_state_dict()
+        broken = [key for key, value in weights.items() if value.is_floating_point() and
+                  not bool(torch.isfinite(value).all())]
+        if broken:
+            raise TrainingDivergedError(f"weights {broken[:5]} hold NaN/inf; no checkpoint written, the last one "
+                                        f"in {self.checkpoint_root} stands")
+        state = {
+            "algo": "bc",
+            "dataset": str(self.dataset_path),
+            "global_step": self.global_step,
+            "update_index": self.update_index,
+            "num_envs": 0,
+            "backbone": self.model.backbone.identity(),
+            "state_dim": self.state_dim,
+            "action_dim": self.action_dim,
+            "rng": rng_json(),
+            "env_snapshots": [],
+            "next_obs_text": {},
+            "best_eval": self.best_eval,
+        }
+        return ckpt.save_checkpoint(
+            self.checkpoint_root, name or f"update_{self.update_index:06d}", weights=weights,
+            trainer_state={"optimizer": self.optimizer.state_dict(), "rng": rng_tensors()}, state=state,
+            config_yaml=OmegaConf.to_yaml(self.cfg), keep=self.cfg.checkpoint.keep, update_latest=name is None)
