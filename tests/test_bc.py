@@ -128,6 +128,9 @@ def test_init_from_refuses_a_checkpoint_of_another_backbone_or_action_space(bc_c
 def test_bc_checkpoints_are_not_resumed_as_ppo_and_demos_must_fit_the_env(bc_checkpoint, demos, tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="written by algo=bc.*init_from="):
         Trainer(train_config(*REACH, *PPO_RUN, f"resume={bc_checkpoint}"), tmp_path / "r")
+    with pytest.raises(ckpt.CheckpointError, match="trained with algo.norm_state=true"):
+        Trainer(train_config(*REACH, *PPO_RUN, "env.vector_mode=sync", "algo.norm_state=false",
+                             f"init_from={bc_checkpoint}"), tmp_path / "r")
     with pytest.raises(DatasetError, match="observation 'image' missing") as info:
         BCTrainer(train_config(*BC_RUN, f"dataset={demos}", "env.use_camera=true"), tmp_path / "r")
     assert "recorded on env" in str(info.value)

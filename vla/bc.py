@@ -119,6 +119,8 @@ class BCTrainer:
         self.state_dim = int(obs_space["state"].shape[0])
         self.action_dim = int(np.prod(action_space.shape))
         check_dataset_fits(dataset, obs_space, self.action_dim, self.dataset_path)
+        recorded_task = {key: dataset.env_args[key] for key in ("kind", "id", "task") if key in dataset.env_args}
+        run_task = {key: cfg.env.get(key) for key in recorded_task}
         if not dataset.train:
             raise DatasetError(f"dataset {self.dataset_path} lists no training demos under mask/train")
         self.model = ActorCritic.from_config(cfg, obs_space, action_space).to(self.device)
@@ -160,6 +162,9 @@ class BCTrainer:
             f"behaviour cloning on {len(dataset.train)} demos ({self.num_samples} steps; {len(dataset.valid)} more "
             f"held out for validation) from {self.dataset_path}: {self.total_steps} gradient steps of "
             f"{self.batch_size} samples")
+        if recorded_task != run_task:
+            self.logger.message(f"WARNING: the demos were recorded on {recorded_task}, this run trains on "
+                                f"{run_task} (the observations fit, so training goes ahead)")
 
     # ------------------------------------------------------------------------------------------- data
     @torch.no_grad()

@@ -41,6 +41,11 @@ def load_initial_weights(model: ActorCritic, path: str, state_dim: int, action_d
     loaded = ckpt.load_checkpoint(path)
     ckpt.check_compatible(loaded["state"], backbone_identity=model.backbone.identity(), state_dim=state_dim,
                           action_dim=action_dim, path=loaded["path"])
+    trained_norm_state = OmegaConf.create(loaded["config_yaml"]).algo.get("norm_state")
+    if trained_norm_state is not None and trained_norm_state != model.norm_state:
+        # The loaded policy would see raw states where it learned normalized ones (or the reverse).
+        raise ckpt.CheckpointError(f"checkpoint {loaded['path']} was trained with algo.norm_state="
+                                   f"{str(trained_norm_state).lower()}; set the same here")
     model.load_trainable_state_dict(loaded["weights"], str(loaded["path"]))
     return loaded
 
