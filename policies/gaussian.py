@@ -24,6 +24,7 @@ class GaussianMLPExpert(nn.Module):
         self.state_dependent_std = cfg.state_dependent_std
         self.body = mlp(token_dim + state_dim, cfg.hidden_sizes, cfg.activation, activate_last=True)
         width = cfg.hidden_sizes[-1] if cfg.hidden_sizes else token_dim + state_dim
+        self.feature_dim = width  # what ``return_features`` gives: the MLP's last hidden layer
         # Small output gain: the initial policy is near-zero-mean, so early actions do not saturate.
         self.mean = init_layer(nn.Linear(width, action_dim), 0.01)
         if cfg.state_dependent_std:
@@ -31,7 +32,9 @@ class GaussianMLPExpert(nn.Module):
         else:
             self.log_std = nn.Parameter(torch.full((action_dim,), float(cfg.log_std_init)))
 
-    def forward(self, tokens: Tokens, state: Optional[torch.Tensor]) -> Independent:
+    def forward(self, tokens: Tokens, state: Optional[torch.Tensor], return_features: bool = False):
+        """The action distribution; with ``return_features`` also the last hidden layer (B, width), which
+        auxiliary losses read."""
         x = pool_tokens(tokens.hidden, tokens.mask, self.pooling)
         if state is not None:
             x = torch.cat([x, state], dim=-1)
@@ -39,4 +42,5 @@ class GaussianMLPExpert(nn.Module):
         mean = self.mean(features)
         log_std = self.log_std(features) if self.state_dependent_std else self.log_std.expand_as(mean)
         log_std = log_std.clamp(self.log_std_min, self.log_std_max)
-        return Independent(Normal(mean, log_std.exp()), 1)
+        dist = Independent(Normal(mean, log_std.exp()), 1)
+        return (dist, features) if return_features else dist

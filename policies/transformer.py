@@ -43,6 +43,7 @@ class GaussianTransformerExpert(nn.Module):
         self.state_dependent_std = cfg.state_dependent_std
         width = cfg.width
 
+        self.feature_dim = width  # what ``return_features`` gives: the first action query's decoder output
         self.token_in = nn.Sequential(nn.LayerNorm(token_dim), nn.Linear(token_dim, width))
         self.proprio_in = nn.Linear(state_dim, width) if state_dim > 0 else None
         self.action_queries = nn.Parameter(0.02 * torch.randn(cfg.chunk_size, width))
@@ -56,7 +57,9 @@ class GaussianTransformerExpert(nn.Module):
         else:
             self.log_std = nn.Parameter(torch.full((cfg.chunk_size * action_dim,), float(cfg.log_std_init)))
 
-    def forward(self, tokens: Tokens, state: Optional[torch.Tensor]) -> Independent:
+    def forward(self, tokens: Tokens, state: Optional[torch.Tensor], return_features: bool = False):
+        """The action distribution; with ``return_features`` also the first query's decoder output (B, width),
+        which auxiliary losses read."""
         context, context_mask = self.token_in(tokens.hidden), tokens.mask
         if self.proprio_in is not None:
             proprio = self.proprio_in(state).unsqueeze(1)
@@ -71,4 +74,5 @@ class GaussianTransformerExpert(nn.Module):
         else:
             log_std = self.log_std[:executed].expand_as(mean)
         log_std = log_std.clamp(self.log_std_min, self.log_std_max)
-        return Independent(Normal(mean, log_std.exp()), 1)
+        dist = Independent(Normal(mean, log_std.exp()), 1)
+        return (dist, actions[:, 0]) if return_features else dist

@@ -22,14 +22,14 @@ def test_tabletop_privileged_obs_is_the_named_objects_position_and_goal():
     env.close()
 
 
-def model_and_obs(*overrides):
-    cfg = train_config(*PRIVILEGED, "env.use_camera=false", *overrides)
+def model_and_obs(*overrides, camera=False):
+    cfg = train_config(*PRIVILEGED, f"env.use_camera={camera}", *overrides)
     env = make_env(cfg.env)
-    obs, _ = env.reset(seed=0)
+    observations = [env.reset(seed=seed)[0] for seed in range(8)]  # different scenes
     model = ActorCritic.from_config(cfg, env.observation_space, env.action_space)
     env.close()
-    batch = {key: np.stack([value] * 4) if isinstance(value, np.ndarray) else [value] * 4
-             for key, value in obs.items()}
+    batch = {key: np.stack([obs[key] for obs in observations]) if isinstance(observations[0][key], np.ndarray)
+             else [obs[key] for obs in observations] for key in observations[0]}
     return model, batch
 
 
@@ -65,3 +65,24 @@ def test_training_with_a_privileged_critic_saves_its_normalizer(tmp_path, small_
     weights = trainer.model.trainable_state_dict()
     assert weights["privileged_rms.count"] > 1
     assert trainer.storage.data["in/privileged"].shape == (32, 2, 6)
+
+
+def test_auxiliary_head_learns_privileged_state_from_the_actors_features():
+    torch.manual_seed(0)
+    model, batch = model_and_obs("backbone=towers", "algo.privileged_aux_coef=1.0", "critic.privileged=false",
+                                 "policy=gaussian_transformer", "policy.width=32", "policy.feedforward_size=64",
+                                 camera=True)
+    assert not model.privileged_critic and model.privileged_aux is not None
+    obs = model.to_tensors(batch, update_stats=True)
+    out = model.act(obs)
+    optimizer = torch.optim.Adam(model.actor_parameters(), lr=3e-3)
+    losses = []
+    for _ in range(60):
+        model.evaluate(out.update_inputs, out.action)
+        losses.append(float(model.aux_loss))
+        optimizer.zero_grad()
+        model.aux_loss.backward()
+        optimizer.step()
+    assert losses[-1] < 0.3 * losses[0]
+    projection = next(model.backbone.projection.parameters())
+    assert projection.requires_grad  # the actor's inputs (projection, expert) are what the loss shapes

@@ -35,7 +35,8 @@ class ActOutput:
 
 class ActorCritic(nn.Module):
     def __init__(self, backbone: Backbone, expert: nn.Module, critic: nn.Module, state_dim: int,
-                 norm_state: bool, clip: float, privileged_dim: int = 0):
+                 norm_state: bool, clip: float, privileged_dim: int = 0, privileged_critic: bool = False,
+                 privileged_aux: bool = False):
         super().__init__()
         self.backbone = backbone
         self.expert = expert
@@ -43,8 +44,13 @@ class ActorCritic(nn.Module):
         self.norm_state = norm_state
         self.clip = clip
         self.state_rms = RunningMeanStd(shape=(state_dim,))
-        # Asymmetric critic: obs["privileged"] (normalized like the state) goes to the value head only.
+        # Simulator state the env exposes as obs["privileged"], normalized like the state, for training only:
+        # the value head may read it (asymmetric critic), and an auxiliary head may learn to predict it from
+        # the actor's features (``aux_loss``); the actor itself never reads it.
         self.privileged_rms = RunningMeanStd(shape=(privileged_dim,)) if privileged_dim else None
+        self.privileged_critic = privileged_critic
+        self.privileged_aux = nn.Linear(expert.feature_dim, privileged_dim) if privileged_aux else None
+        self.aux_loss: Optional[torch.Tensor] = None  # of the last ``evaluate`` call, with gradients
         # Each distinct instruction gets an id the first time it is seen; observations carry the id, and
         # backbones look the text up (and cache its encoding) by id: text is encoded once per instruction.
         self.instruction_ids: Dict[str, int] = {}
@@ -58,15 +64,18 @@ class ActorCritic(nn.Module):
         action_dim = int(np.prod(action_space.shape))
         head_state_dim = 0 if backbone.encodes_state else state_dim
         privileged_dim = 0
-        if cfg.critic.privileged:
+        privileged_aux = bool(cfg.algo.get("privileged_aux_coef", 0.0))
+        if cfg.critic.privileged or privileged_aux:
             if "privileged" not in observation_space.spaces:
-                raise ConfigError("critic.privileged=true needs the env to emit obs['privileged'] (on tabletop: "
-                                  f"env.privileged_obs=true); this env's observation keys: "
-                                  f"{sorted(observation_space.spaces)}")
+                raise ConfigError("critic.privileged=true and algo.privileged_aux_coef>0 need the env to emit "
+                                  "obs['privileged'] (on tabletop: env.privileged_obs=true); this env's "
+                                  f"observation keys: {sorted(observation_space.spaces)}")
             privileged_dim = int(observation_space["privileged"].shape[0])
         expert = build_policy(cfg.policy, backbone.hidden_size, head_state_dim, action_dim)
-        critic = build_critic(cfg.critic, backbone.hidden_size, head_state_dim + privileged_dim)
-        return cls(backbone, expert, critic, state_dim, cfg.algo.norm_state, cfg.algo.clip_norm, privileged_dim)
+        critic_state_dim = head_state_dim + (privileged_dim if cfg.critic.privileged else 0)
+        critic = build_critic(cfg.critic, backbone.hidden_size, critic_state_dim)
+        return cls(backbone, expert, critic, state_dim, cfg.algo.norm_state, cfg.algo.clip_norm, privileged_dim,
+                   privileged_critic=cfg.critic.privileged, privileged_aux=privileged_aux)
 
     @property
     def actions_per_decision(self) -> int:
@@ -75,7 +84,8 @@ class ActorCritic(nn.Module):
 
     # ----------------------------------------------------------------------------------------- parameters
     def actor_parameters(self) -> List[nn.Parameter]:
-        return [p for p in self.expert.parameters() if p.requires_grad] + self.backbone.trainable_parameters()
+        aux = list(self.privileged_aux.parameters()) if self.privileged_aux is not None else []
+        return [p for p in self.expert.parameters() if p.requires_grad] + self.backbone.trainable_parameters() + aux
 
     def critic_parameters(self) -> List[nn.Parameter]:
         return [p for p in self.critic.parameters() if p.requires_grad]
@@ -156,12 +166,18 @@ class ActorCritic(nn.Module):
     def encode(self, obs: Dict[str, torch.Tensor]) -> Tokens:
         return self.backbone.project(self.encode_frozen(obs))
 
-    def heads(self, tokens: Tokens, state: torch.Tensor, privileged: Optional[torch.Tensor] = None):
+    def heads(self, tokens: Tokens, state: torch.Tensor, privileged: Optional[torch.Tensor] = None,
+              aux: bool = False):
         """(action distribution, value). With an asymmetric critic and no ``privileged`` input (evaluating on an
-        env that does not emit it) the value is NaN: acting never needs it."""
+        env that does not emit it) the value is NaN: acting never needs it. ``aux``: also set ``aux_loss``, the
+        auxiliary head's squared error predicting ``privileged`` from the actor's features."""
         head_state = None if self.backbone.encodes_state else state
-        dist = self.expert(tokens, head_state)
-        if self.privileged_rms is None:
+        if aux and self.privileged_aux is not None and privileged is not None:
+            dist, features = self.expert(tokens, head_state, return_features=True)
+            self.aux_loss = (self.privileged_aux(features) - privileged).pow(2).mean()
+        else:
+            dist = self.expert(tokens, head_state)
+        if not self.privileged_critic:
             return dist, self.critic(tokens, head_state)
         if privileged is None:
             return dist, torch.full((state.shape[0],), float("nan"), device=state.device)
@@ -187,11 +203,14 @@ class ActorCritic(nn.Module):
         return self.heads(tokens, obs["state"], obs.get("privileged"))[1]
 
     def evaluate(self, inputs: Dict[str, torch.Tensor], actions: torch.Tensor):
-        """Log-prob and entropy of ``actions`` and V(s) for stored rollout inputs, with gradients. The
-        trainable projection always runs here; the frozen stage only when ``act`` could not cache it."""
+        """Log-prob and entropy of ``actions`` and V(s) for stored rollout inputs, with gradients (and
+        ``aux_loss`` when the auxiliary privileged head is on). The trainable projection always runs here; the
+        frozen stage only when ``act`` could not cache it."""
         features = {key[len(FROZEN_PREFIX):]: feature
                     for key, feature in inputs.items() if key.startswith(FROZEN_PREFIX)}
         if not features:
             features = self.encode_frozen(inputs)
-        dist, value = self.heads(self.backbone.project(features), inputs["state"], inputs.get("privileged"))
+        self.aux_loss = None
+        dist, value = self.heads(self.backbone.project(features), inputs["state"], inputs.get("privileged"),
+                                 aux=True)
         return dist.log_prob(actions), dist.entropy(), value, dist
