@@ -319,11 +319,6 @@ class PPOConfig(AlgoConfig):
     # normalized values. Teaches a pixel policy where things are with a dense supervised signal; the policy
     # still acts from its own inputs only (0: off).
     privileged_aux_coef: float = 0.0
-    # Weight of an auxiliary loss: a linear head on the actor's features predicts obs["privileged"] (simulator
-    # state, e.g. env.privileged_obs=true on tabletop: the named object's position), squared error on the
-    # normalized values. Teaches a pixel policy where things are with a dense supervised signal; the policy
-    # still acts from its own inputs only (0: off).
-    privileged_aux_coef: float = 0.0
 
 
 @dataclass
