@@ -11,7 +11,7 @@ from vla.backbones.base import Tokens
 from vla.errors import ConfigError
 from vla.nn import init_layer, mlp, pool_tokens
 
-POOLINGS = ("attention", "mean", "last")
+POOLINGS = ("attention", "mean", "last", "first")
 
 
 class AttentionValueHead(nn.Module):
@@ -20,7 +20,8 @@ class AttentionValueHead(nn.Module):
 
     ``pooling``: ``attention`` (a learned query attends over the real tokens; it can pick out the tokens that
     matter for the value, e.g. the image patches around the object), ``mean`` over real tokens, or the ``last``
-    real token (a decoder VLM's summary position). ``detach_backbone`` stops the value loss's gradient at the
+    real token (a decoder VLM's summary position) or the ``first`` token (the towers' instruction-grounded
+    token). ``detach_backbone`` stops the value loss's gradient at the
     tokens, so trainable backbone layers shared with the actor are shaped by the policy loss alone.
     """
 

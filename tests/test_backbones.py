@@ -399,3 +399,21 @@ def test_image_tower_with_folded_batch_norm_matches_the_pretrained_network():
         reference = full.blocks[:len(tower.blocks)](full.bn1(full.conv_stem(pixels)))
         torch.testing.assert_close(tower(images), reference.flatten(2).transpose(1, 2), atol=2e-4, rtol=1e-4)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in tower.modules())
+
+
+def test_towers_grounded_token_comes_first_and_follows_the_instruction():
+    env = ImageInstructionEnv(cameras=("image",))
+    cfg = train_config("backbone=towers", "backbone.hidden_size=32", "backbone.grounding_heads=2",
+                       "policy.pooling=first")
+    model = ActorCritic.from_config(cfg, env.observation_space, env.action_space)
+    obs = batch_obs(env, 2)
+    obs["instruction"] = np.array(["reach the red cube", "reach the blue ball"], dtype=object)
+    swapped = dict(obs, image=obs["image"][[0, 0]])  # one image, two instructions
+    with torch.no_grad():
+        tokens = model.encode(model.to_tensors(swapped))
+    grid = 64
+    text = tokens.hidden.shape[1] - 1 - grid
+    assert text > 0 and tokens.mask[:, 0].all()
+    assert not torch.allclose(tokens.hidden[0, 0], tokens.hidden[1, 0])  # the grounded token reads the text
+    torch.testing.assert_close(tokens.hidden[0, 1:1 + grid], tokens.hidden[1, 1:1 + grid])  # image tokens
+    model.act(model.to_tensors(obs))  # the MLP expert reads the grounded token (pooling=first)

@@ -152,7 +152,12 @@ class ActorCritic(nn.Module):
             if self.norm_state:
                 if update_stats and bool(finite.any()):
                     self.privileged_rms.update(privileged[finite])
-                privileged = self.privileged_rms.normalize(privileged, self.clip)
+                # One scale for all dimensions (the root of their mean variance), not one each: a dimension
+                # that barely varies (an object's height on the table) must not be blown up into noise that
+                # the auxiliary head is then asked to predict.
+                rms = self.privileged_rms
+                scale = torch.sqrt(rms.var.mean() + 1e-8)
+                privileged = ((privileged.double() - rms.mean) / scale).clamp(-self.clip, self.clip).float()
             out["privileged"] = torch.nan_to_num(privileged, nan=0.0, posinf=self.clip, neginf=-self.clip)
         return out
 

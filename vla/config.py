@@ -151,6 +151,12 @@ class TowersBackboneConfig(BackboneConfig):
     # Pre-norm transformer layers mixing image and instruction tokens after the projection (0: none).
     fusion_layers: int = 0
     fusion_heads: int = 4
+    # Instruction-grounded token: per camera, the pooled instruction queries the image tokens (this many
+    # attention heads, 0: off) and the attended image features, positions included, become one extra token at
+    # the front of the sequence ("where is the thing the instruction names"). Heads read it through attention,
+    # or directly with pooling=first. Grounding by concatenation (an MLP over image and instruction features)
+    # learns far slower: see README, "Learning from pixels".
+    grounding_heads: int = 0
     # MiniLM's attention projections are named query/key/value.
     lora: LoraAdapterConfig = field(default_factory=lambda: LoraAdapterConfig(target_modules=["query", "value"]))
 
@@ -194,7 +200,8 @@ class GaussianMLPPolicyConfig(PolicyConfig):
     name: str = "gaussian_mlp"
     hidden_sizes: List[int] = field(default_factory=lambda: [64, 64])
     activation: str = "tanh"
-    # How the token sequence becomes one vector: "mean" over valid tokens or the "last" valid token.
+    # How the token sequence becomes one vector: "mean" over valid tokens, the "last" valid token or the
+    # "first" token (the towers' grounded token when backbone.grounding_heads > 0).
     pooling: str = "mean"
     # Initial log standard deviation of every action dimension.
     log_std_init: float = 0.0

@@ -39,11 +39,14 @@ def init_layer(layer: nn.Linear, gain: float, bias: float = 0.0) -> nn.Linear:
 
 
 def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
-    """(B, T, D) tokens with (B, T) mask -> (B, D): ``mean`` over real tokens or the ``last`` real token."""
+    """(B, T, D) tokens with (B, T) mask -> (B, D): ``mean`` over real tokens, the ``last`` real token, or the
+    ``first`` token (a backbone's summary token, e.g. the towers' instruction-grounded token)."""
     if mode == "mean":
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
     if mode == "last":
         last = mask.long().cumsum(1).argmax(1)  # index of the last True
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    raise ConfigError(f"pooling={mode!r}; choose 'mean' or 'last'")
+    if mode == "first":
+        return hidden[:, 0]
+    raise ConfigError(f"pooling={mode!r}; choose 'mean', 'last' or 'first'")

@@ -134,11 +134,14 @@ class TowerProjection(nn.Module):
 
     Each modality gets a LayerNorm (tower features have very different scales) and a linear map to ``width``.
     Each camera and the instruction own a learned embedding per token position, so a token says both where it
-    sits and which source it came from. Optional pre-norm transformer layers then mix all tokens.
+    sits and which source it came from. With ``grounding_heads``, the mean instruction token queries each
+    camera's tokens and the attended features (positions included) become one grounded token per camera, at
+    the front. Optional pre-norm transformer layers then mix all tokens.
     """
 
     def __init__(self, camera_tokens: Dict[str, int], image_channels: int, text_channels: Optional[int],
-                 max_text_tokens: int, width: int, fusion_layers: int, fusion_heads: int):
+                 max_text_tokens: int, width: int, fusion_layers: int, fusion_heads: int,
+                 grounding_heads: int = 0):
         super().__init__()
         self.cameras = list(camera_tokens)
         self.image_in = nn.Sequential(nn.LayerNorm(image_channels), nn.Linear(image_channels, width)) \
@@ -150,6 +153,10 @@ class TowerProjection(nn.Module):
             positions["instruction"] = max_text_tokens
         self.position = nn.ParameterDict(
             {source: nn.Parameter(0.02 * torch.randn(count, width)) for source, count in positions.items()})
+        self.grounding = None
+        if grounding_heads > 0 and camera_tokens and text_channels:
+            self.grounding_query = nn.Linear(width, width)
+            self.grounding = nn.MultiheadAttention(width, grounding_heads, batch_first=True)
         self.fusion = None
         if fusion_layers > 0:
             layer = nn.TransformerEncoderLayer(width, fusion_heads, 2 * width, dropout=0.0, activation="gelu",
@@ -165,7 +172,15 @@ class TowerProjection(nn.Module):
             mask.append(torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
         if instruction is not None:
             length = instruction.hidden.shape[1]
-            hidden.append(self.text_in(instruction.hidden) + self.position["instruction"][:length])
+            text = self.text_in(instruction.hidden) + self.position["instruction"][:length]
+            if self.grounding is not None:
+                weights = instruction.mask.unsqueeze(-1).to(text.dtype)
+                query = self.grounding_query((text * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True))
+                grounded = [self.grounding(query, image, image, need_weights=False)[0]
+                            for image in hidden[:len(self.cameras)]]
+                hidden = grounded + hidden
+                mask = [torch.ones(g.shape[:2], dtype=torch.bool, device=g.device) for g in grounded] + mask
+            hidden.append(text)
             mask.append(instruction.mask)
         tokens = Tokens(hidden=torch.cat(hidden, dim=1), mask=torch.cat(mask, dim=1))
         if self.fusion is not None:
@@ -206,7 +221,7 @@ class TowersBackbone(Backbone):
             image_channels=self.towers["image"].out_channels if self.cameras else 0,
             text_channels=self.towers["text"].out_channels if self.uses_instruction else None,
             max_text_tokens=cfg.max_instruction_tokens, width=cfg.hidden_size,
-            fusion_layers=cfg.fusion_layers, fusion_heads=cfg.fusion_heads)
+            fusion_layers=cfg.fusion_layers, fusion_heads=cfg.fusion_heads, grounding_heads=cfg.grounding_heads)
         self.hidden_size = cfg.hidden_size
         # Text-tower tokens of each instruction encoded so far (real tokens only), and the instructions of
         # ``instruction_texts`` padded into one table that instruction ids index.
