@@ -49,3 +49,14 @@ def test_killed_worker_is_replaced_and_counted(tmp_path, local_ray):
     assert history[0]["reliability/dropped_episodes"] == 2.0  # the dead worker's two envs
     assert history[-1]["reliability/worker_replacements"] == 1.0
     assert all(m["losses/policy"] == m["losses/policy"] for m in history)  # real updates, not NaN
+
+
+def test_privileged_critic_and_action_chunks_on_workers(tmp_path, local_ray):
+    trainer = Trainer(train_config(*RAY_RUN, "env=tabletop_reach", "env.use_camera=false", "env.vector_mode=sync",
+                                   "env.privileged_obs=true", "critic.privileged=true",
+                                   "policy=gaussian_transformer", "policy.width=32", "policy.feedforward_size=64",
+                                   "policy.chunk_size=2"), tmp_path / "run")
+    trainer.train()
+    assert trainer.model.privileged_rms.count > 200  # the learner's normalizer saw the workers' privileged state
+    assert trainer.storage.data["env_steps"].max() == 2  # chunks ran on the workers
+    assert 0 < trainer.global_step <= 512

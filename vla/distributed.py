@@ -149,7 +149,7 @@ class RayRollouts:
                 replaced[index] = True
                 pending[self.workers[index].collect.remote(weights, update_state_stats)] = index
         self.consecutive_replacements = 0
-        return self._assemble(model, storage, segments, replaced, time.perf_counter() - start)
+        return self._assemble(model, storage, segments, replaced, time.perf_counter() - start, update_state_stats)
 
     def _replace_worker(self, index: int, error: Exception) -> None:
         self.worker_replacements += 1
@@ -164,7 +164,7 @@ class RayRollouts:
         self.workers[index] = self._start_worker(index, self.seed + 7919 * self.worker_replacements)
 
     def _assemble(self, model: ActorCritic, storage: RolloutStorage, segments: List[Dict[str, Any]],
-                  replaced: np.ndarray, wall_seconds: float) -> CollectedRollout:
+                  replaced: np.ndarray, wall_seconds: float, update_state_stats: bool) -> CollectedRollout:
         """The workers' segments, concatenated along the env dimension, into the learner's storage."""
         for segment in segments:
             # A worker numbers instructions in the order it met them; map its ids onto the learner's.
@@ -182,11 +182,16 @@ class RayRollouts:
         device = storage.device
         data = {key: torch.cat([segment["data"][key] for segment in segments], dim=1).to(device)
                 for key in segments[0]["data"]}
-        raw_states = data.pop("raw_state")
-        raw_states = raw_states.reshape(-1, raw_states.shape[-1])
-        finite = torch.isfinite(raw_states).all(dim=-1)
-        if model.norm_state and bool(finite.any()):
-            model.state_rms.update(raw_states[finite].to(model.state_rms.mean.device))
+        # The learner's normalizers learn from the raw states every worker saw (unless they are held fixed,
+        # as after init_from).
+        for key, rms in (("raw_state", model.state_rms), ("raw_privileged", model.privileged_rms)):
+            raw = data.pop(key, None)
+            if raw is None or rms is None:
+                continue
+            raw = raw.reshape(-1, raw.shape[-1])
+            finite = torch.isfinite(raw).all(dim=-1)
+            if update_state_stats and model.norm_state and bool(finite.any()):
+                rms.update(raw[finite].to(rms.mean.device))
         storage.data, storage.step = data, storage.num_steps
         fresh_envs = np.concatenate([segment["fresh_envs"] | replaced[i] for i, segment in enumerate(segments)])
         worker_metrics = [segment["metrics"] for segment in segments]

@@ -192,7 +192,11 @@ class EnvRunner:
         env_time = model_time = 0.0
         for _ in range(storage.num_steps):
             t0 = time.perf_counter()
-            raw_state = {"raw_state": torch.as_tensor(self.next_obs["state"])} if self.keep_raw_states else {}
+            raw_state = {}
+            if self.keep_raw_states:
+                raw_state["raw_state"] = torch.as_tensor(self.next_obs["state"])
+                if "privileged" in self.next_obs and model.privileged_rms is not None:
+                    raw_state["raw_privileged"] = torch.as_tensor(self.next_obs["privileged"])
             obs = model.to_tensors(self.next_obs, update_stats=update_state_stats)
             out = model.act(obs)
             actions = out.action.cpu().numpy()
