@@ -14,7 +14,10 @@ register_configs()
 
 
 def train_config(*overrides: str):
-    """The composed ``vla-train`` config, as hydra builds it from the command line."""
+    """The composed ``vla-train`` config, as hydra builds it from the command line. Without an ``env=``
+    override the env is Reacher-v5 (the fastest env, what most unit tests step), not the default experiment's."""
+    if not any(o.startswith(("env=", "experiment=")) for o in overrides):
+        overrides = ("env=reacher", *overrides)
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
         return compose("config", overrides=list(overrides))
 

@@ -146,7 +146,7 @@ def test_camera_env_breaking_the_contract_is_refused(kwargs, message):
 def test_cli_refuses_an_env_whose_state_has_the_wrong_size_with_status_2(tmp_path):
     # PYTHONPATH: gymnasium imports tests.bad_envs (for env.id) in the vla-train process.
     result = subprocess.run(
-        [str(Path(sys.executable).parent / "vla-train"), "env.id=tests.bad_envs:WrongStateSize-v0",
+        [str(Path(sys.executable).parent / "vla-train"), "env=reacher", "env.id=tests.bad_envs:WrongStateSize-v0",
          "env.success=null", "progress=false", "torch_threads=1", f"hydra.run.dir={tmp_path / 'run'}"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 2, result.stderr[-2000:]

@@ -1,14 +1,18 @@
 """Config validation: wrong keys, wrong types and unknown names fail at launch with a clear message."""
 
 import pytest
+from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 
 from tests.conftest import REPO, run_cli, train_config
 
 
 def test_default_config_composes_with_typed_groups():
-    cfg = train_config()
-    assert cfg.env.kind == "gym" and cfg.algo.name == "ppo" and cfg.backbone.name == "state"
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg = compose("config")  # what a bare `vla-train` runs (train_config() would pick Reacher for tests)
+    assert cfg.env.kind == "tabletop" and cfg.env.task == "reach" and cfg.env.privileged_state
+    assert cfg.algo.name == "ppo" and cfg.backbone.name == "state"
+    assert train_config().env.kind == "gym"
 
 
 @pytest.mark.parametrize("override", ["algo.gamma=often", "num_envs=two", "env.success_threshold=[1]"])
@@ -36,7 +40,8 @@ def test_cli_reports_config_errors_without_writing_a_run(tmp_path):
 
 
 def test_cli_unknown_env_id_is_a_clear_error(tmp_path):
-    result = run_cli("vla-train", "env.id=NoSuchEnv-v0", "progress=false", cwd=tmp_path, timeout=120)
+    result = run_cli("vla-train", "env=reacher", "env.id=NoSuchEnv-v0", "progress=false", cwd=tmp_path,
+                     timeout=120)
     assert result.returncode == 2
     assert "env.id='NoSuchEnv-v0'" in result.stderr and "Traceback" not in result.stderr
 

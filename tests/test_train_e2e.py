@@ -10,7 +10,7 @@ REQUIRED_TAGS = {
     "train/success_rate", "train/episode_length", "train/episode_return", "losses/policy", "losses/value",
     "losses/entropy", "losses/approx_kl", "losses/clip_fraction", "losses/explained_variance", "perf/sps",
 }
-TINY = ["num_envs=2", "algo.num_steps=64", "algo.num_minibatches=4", "algo.update_epochs=2",
+TINY = ["env=reacher", "num_envs=2", "algo.num_steps=64", "algo.num_minibatches=4", "algo.update_epochs=2",
         "total_env_steps=512", "eval.episodes=4", "progress=false", "torch_threads=1"]
 
 

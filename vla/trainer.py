@@ -305,7 +305,11 @@ class Trainer:
             self.rollouts = EnvRunner(cfg.env, self.num_envs, cfg.seed, cfg.max_env_failures, self.episodes,
                                       self._warn, resume_hint, self.action_chunk, self.algo.gamma)
         obs_space, action_space = self.rollouts.observation_space, self.rollouts.action_space
-        self.model = ActorCritic.from_config(cfg, obs_space, action_space).to(self.device)
+        try:
+            self.model = ActorCritic.from_config(cfg, obs_space, action_space).to(self.device)
+        except BaseException:  # a config the model refuses: stop the env workers cleanly before saying why
+            self.rollouts.close()
+            raise
         self.state_dim = int(obs_space["state"].shape[0])
         self.action_dim = int(np.prod(action_space.shape))
         # Rewards of chunks are already discounted sums over their steps: the return's discount per transition.
