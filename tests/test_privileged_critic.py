@@ -67,11 +67,15 @@ def test_training_with_a_privileged_critic_saves_its_normalizer(tmp_path, small_
     assert trainer.storage.data["in/privileged"].shape == (32, 2, 6)
 
 
-def test_auxiliary_head_learns_privileged_state_from_the_actors_features():
+@pytest.mark.parametrize("source", [
+    ("algo.privileged_aux_source=expert", "policy=gaussian_transformer", "policy.width=32",
+     "policy.feedforward_size=64"),
+    ("algo.privileged_aux_source=first_token", "backbone.grounding_heads=2", "policy.pooling=first"),
+])
+def test_auxiliary_head_learns_privileged_state_from_the_actors_features(source):
     torch.manual_seed(0)
     model, batch = model_and_obs("backbone=towers", "algo.privileged_aux_coef=1.0", "critic.privileged=false",
-                                 "policy=gaussian_transformer", "policy.width=32", "policy.feedforward_size=64",
-                                 camera=True)
+                                 *source, camera=True)
     assert not model.privileged_critic and model.privileged_aux is not None
     obs = model.to_tensors(batch, update_stats=True)
     out = model.act(obs)

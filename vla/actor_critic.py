@@ -36,7 +36,7 @@ class ActOutput:
 class ActorCritic(nn.Module):
     def __init__(self, backbone: Backbone, expert: nn.Module, critic: nn.Module, state_dim: int,
                  norm_state: bool, clip: float, privileged_dim: int = 0, privileged_critic: bool = False,
-                 privileged_aux: bool = False):
+                 privileged_aux: bool = False, privileged_aux_source: str = "expert"):
         super().__init__()
         self.backbone = backbone
         self.expert = expert
@@ -49,7 +49,13 @@ class ActorCritic(nn.Module):
         # the actor's features (``aux_loss``); the actor itself never reads it.
         self.privileged_rms = RunningMeanStd(shape=(privileged_dim,)) if privileged_dim else None
         self.privileged_critic = privileged_critic
-        self.privileged_aux = nn.Linear(expert.feature_dim, privileged_dim) if privileged_aux else None
+        if privileged_aux_source not in ("expert", "first_token"):
+            raise ConfigError(f"algo.privileged_aux_source={privileged_aux_source!r}; use 'expert' (the action "
+                              "expert's features) or 'first_token' (the backbone's first token, e.g. the towers' "
+                              "grounded token)")
+        self.privileged_aux_source = privileged_aux_source
+        aux_width = expert.feature_dim if privileged_aux_source == "expert" else backbone.hidden_size
+        self.privileged_aux = nn.Linear(aux_width, privileged_dim) if privileged_aux else None
         self.aux_loss: Optional[torch.Tensor] = None  # of the last ``evaluate`` call, with gradients
         # Each distinct instruction gets an id the first time it is seen; observations carry the id, and
         # backbones look the text up (and cache its encoding) by id: text is encoded once per instruction.
@@ -75,7 +81,8 @@ class ActorCritic(nn.Module):
         critic_state_dim = head_state_dim + (privileged_dim if cfg.critic.privileged else 0)
         critic = build_critic(cfg.critic, backbone.hidden_size, critic_state_dim)
         return cls(backbone, expert, critic, state_dim, cfg.algo.norm_state, cfg.algo.clip_norm, privileged_dim,
-                   privileged_critic=cfg.critic.privileged, privileged_aux=privileged_aux)
+                   privileged_critic=cfg.critic.privileged, privileged_aux=privileged_aux,
+                   privileged_aux_source=cfg.algo.get("privileged_aux_source", "expert"))
 
     @property
     def actions_per_decision(self) -> int:
@@ -178,7 +185,10 @@ class ActorCritic(nn.Module):
         auxiliary head's squared error predicting ``privileged`` from the actor's features."""
         head_state = None if self.backbone.encodes_state else state
         if aux and self.privileged_aux is not None and privileged is not None:
-            dist, features = self.expert(tokens, head_state, return_features=True)
+            if self.privileged_aux_source == "expert":
+                dist, features = self.expert(tokens, head_state, return_features=True)
+            else:
+                dist, features = self.expert(tokens, head_state), tokens.hidden[:, 0]
             self.aux_loss = (self.privileged_aux(features) - privileged).pow(2).mean()
         else:
             dist = self.expert(tokens, head_state)

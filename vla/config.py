@@ -326,6 +326,11 @@ class PPOConfig(AlgoConfig):
     # normalized values. Teaches a pixel policy where things are with a dense supervised signal; the policy
     # still acts from its own inputs only (0: off).
     privileged_aux_coef: float = 0.0
+    # What the auxiliary head reads: "expert" (the action expert's last features) or "first_token" (the
+    # backbone's first token: the towers' instruction-grounded token with backbone.grounding_heads > 0, so the
+    # supervised signal shapes the grounding directly instead of competing with the policy gradient inside the
+    # expert).
+    privileged_aux_source: str = "expert"
 
 
 @dataclass
