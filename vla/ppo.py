@@ -225,7 +225,7 @@ class PPO:
                 sums["clip"] += clip_fraction
                 sums["grad"] += float(grad_norm)
                 if self.model.aux_loss is not None:
-                    sums["aux"] = sums.get("aux", 0.0) + float(self.model.aux_loss)
+                    sums["aux"] = sums.get("aux", 0.0) + self.model.aux_loss.item()
                 sums["init_kl"] += init_kl.item()
                 has_std = hasattr(dist, "base_dist")
                 sums["std"] += float(dist.base_dist.scale.detach().mean()) if has_std else float("nan")
