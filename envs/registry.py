@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Optional
 import gymnasium as gym
 
 from envs.contract import EnvContract
+from envs.gl import load_triton_before_gl
 from envs.wrappers import ActionChunk, BoxToDictObservation, Snapshot, SuccessInfo, normalize_actions
 from vla.errors import ConfigError
 
@@ -53,24 +54,11 @@ def _build_gym(cfg, render_mode: Optional[str]) -> gym.Env:
     return SuccessInfo(env, distance_fn, cfg.success_threshold, cfg.terminate_on_success)
 
 
-def _load_triton_before_gl() -> None:
-    """Load triton's LLVM before any offscreen GL context exists in this process.
-
-    Mesa's software GL (EGL/OSMesa on machines without a GPU driver) brings its own LLVM; importing triton
-    (torch.compile's backend, pulled in by torchvision and timm imports) after a GL context was made crashes
-    the process with a segmentation fault. Loaded the other way round, both work.
-    """
-    try:
-        import triton  # noqa: F401
-    except ImportError:  # no triton (CPU-only torch builds): nothing to clash with
-        pass
-
-
 def make_env(cfg, render_mode: Optional[str] = None, vector_index: int = 0, action_chunk: int = 1,
              gamma: float = 1.0) -> gym.Env:
     """One environment under the env contract, with actions normalized to [-1, 1]. ``action_chunk`` > 1: one
     step runs that many actions (``ActionChunk``, reward discounted by ``gamma`` within the chunk)."""
-    _load_triton_before_gl()
+    load_triton_before_gl()
     if cfg.kind not in _BUILDERS:
         raise ConfigError(f"env.kind={cfg.kind!r} is not registered; known kinds: {env_kinds()}")
     env = _BUILDERS[cfg.kind](cfg, render_mode)

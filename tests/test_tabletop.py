@@ -9,7 +9,7 @@ from gymnasium.utils.env_checker import check_env
 from envs import make_env, make_vector_env
 from envs.tabletop import TASKS, TabletopEnv
 from envs.tabletop.expert import scripted_action
-from envs.tabletop.scene import COLOUR_NAMES, COLOURS, SHAPE_NOUNS, SHAPES
+from envs.tabletop.scene import COLOUR_NAMES, COLOURS, FLOOR_HEIGHT, OBJECT_HALF_SIZE, SHAPE_NOUNS, SHAPES
 from tests.conftest import train_config
 from vla.errors import ConfigError
 
@@ -67,17 +67,24 @@ def test_time_limit_truncates_and_does_not_terminate():
     env.close()
 
 
-def test_named_object_falling_off_the_table_terminates_without_success():
+def test_object_knocked_off_the_table_does_not_end_the_episode_and_costs_the_most():
+    """Terminating there ended the per-step costs early: PPO learned to push objects off the table on purpose."""
     env = make_env(env_config("push", "use_camera=false"))
     env.reset(seed=0)
     table_env = env.unwrapped
     address = table_env._object_qpos[table_env.get_task_state()["target"]]
     table_env.data.qpos[address:address + 3] = [0.6, 0.0, 0.05]  # beyond the table's edge at 0.4 m
-    for _ in range(20):
-        _, _, terminated, truncated, info = env.step(np.zeros(env.action_space.shape, dtype=np.float32))
-        if terminated:
-            break
-    assert terminated and not truncated and not info["success"]
+    idle = np.zeros(env.action_space.shape, dtype=np.float32)
+    rewards = []
+    for step in range(1, 151):
+        _, reward, terminated, truncated, info = env.step(idle)
+        rewards.append(reward)
+        assert not terminated and not info["success"]
+    assert truncated
+    # It lies on the invisible floor (bounded positions for normalizers), and every step costs nearly the most
+    # a step can cost (1.5), more than any state with the object on the table.
+    assert table_env.measures().target[2] == pytest.approx(FLOOR_HEIGHT + OBJECT_HALF_SIZE, abs=0.01)
+    assert max(rewards[-50:]) < -1.4
     env.close()
 
 

@@ -37,6 +37,7 @@ OBJECT_HALF_SIZE = 0.02  # metres: cube half-side, ball radius, cylinder radius 
 ZONE_RADIUS = 0.05
 NUM_ZONES = 2
 TABLE_HALF_SIZE = 0.4
+FLOOR_HEIGHT = -0.3  # an invisible floor catches objects knocked off the table
 
 # Gripper: the hand body's origin is the grasp point between the fingertips; its slide joints' positions are
 # its world coordinates.
@@ -128,6 +129,8 @@ def build_scene_xml(num_objects: int, image_size: int, video_size: int) -> str:
     <light name="top" pos="0 0 1.5" dir="0 0 -1" directional="true" castshadow="false" diffuse="0.4 0.4 0.4"/>
     <geom name="table" type="box" pos="0 0 -0.025" size="{TABLE_HALF_SIZE:g} {TABLE_HALF_SIZE:g} 0.025"
           rgba="0.55 0.42 0.3 1" friction="0.6 0.005 0.0001"/>
+    <!-- An invisible floor: an object knocked off the table comes to rest below it (bounded positions). -->
+    <geom name="floor" type="plane" pos="0 0 {FLOOR_HEIGHT:g}" size="0 0 1" rgba="0 0 0 0"/>
     <camera name="front" pos="{_floats(front[0])}" xyaxes="{_look_at(*front)}" fovy="50"/>
     <camera name="{DISPLAY_CAMERA}" pos="{_floats(display[0])}" xyaxes="{_look_at(*display)}" fovy="50"/>
     <body name="hand" pos="0 0 0" gravcomp="1">
