@@ -30,7 +30,7 @@ from vla import checkpoint as ckpt
 from vla.actor_critic import ActorCritic
 from vla.demos import DatasetError, DemoDataset, read_dataset
 from vla.errors import ConfigError, TrainingDivergedError
-from vla.evaluate import evaluate_policy
+from vla.evaluate import evaluate_policy, report_scalars, split_env_config
 from vla.logger import RunLogger
 from vla.seeding import rng_json, rng_tensors, seed_everything
 from vla.trainer import load_initial_weights, resolve_device
@@ -104,6 +104,11 @@ class BCTrainer:
         if cfg.resume is not None:
             raise ConfigError("resume= continues PPO runs; run algo=bc again (it is short), or continue training "
                               f"from a BC checkpoint with init_from={cfg.resume}")
+        if cfg.curriculum.enabled:
+            raise ConfigError("curriculum.enabled=true applies to PPO runs; algo=bc learns from a fixed dataset. "
+                              "Set curriculum.enabled=false")
+        if cfg.eval.heldout:
+            split_env_config(cfg.env, "heldout")  # an env without splits fails now, not at the first evaluation
         torch.set_num_threads(cfg.torch_threads)
         torch.use_deterministic_algorithms(cfg.deterministic_torch)
         seed_everything(cfg.seed)
@@ -119,7 +124,8 @@ class BCTrainer:
         self.state_dim = int(obs_space["state"].shape[0])
         self.action_dim = int(np.prod(action_space.shape))
         check_dataset_fits(dataset, obs_space, self.action_dim, self.dataset_path)
-        recorded_task = {key: dataset.env_args[key] for key in ("kind", "id", "task") if key in dataset.env_args}
+        recorded_task = {key: dataset.env_args[key] for key in ("kind", "id", "task", "split")
+                         if key in dataset.env_args}
         run_task = {key: cfg.env.get(key) for key in recorded_task}
         if not dataset.train:
             raise DatasetError(f"dataset {self.dataset_path} lists no training demos under mask/train")
@@ -292,15 +298,12 @@ class BCTrainer:
             self.model, self.cfg.env, self.run_dir / "eval" / name, episodes=ecfg.episodes, seed=ecfg.seed,
             num_envs=ecfg.num_envs or self.cfg.num_envs, deterministic=ecfg.deterministic, checkpoint=identity,
             config=OmegaConf.to_container(self.cfg, resolve=True), record=record, fps=ecfg.video_fps,
-            writer=self.logger.writer, step=self.global_step)
-        self.logger.scalars({
-            "eval/success_rate": report["success_rate"],
-            "eval/episode_length": report["episode_length_mean"],
-            "eval/episode_length_success": report["episode_length_success_mean"],
-            "eval/episode_return": report["episode_return_mean"],
-        }, self.global_step)
+            writer=self.logger.writer, step=self.global_step, heldout=ecfg.heldout)
+        self.logger.scalars(report_scalars(report), self.global_step)
+        heldout = (f"; held-out split: success rate {report['heldout']['success_rate']:.1%}"
+                   if "heldout" in report else "")
         self.logger.message(f"eval at gradient step {self.global_step}: success rate {report['success_rate']:.1%}, "
-                            f"episode length {report['episode_length_mean']:.1f}")
+                            f"episode length {report['episode_length_mean']:.1f}{heldout}")
         return report
 
     def keep_if_best(self, report: Dict[str, Any]) -> None:

@@ -76,13 +76,18 @@ def _eval(cfg: DictConfig) -> float:
         report = evaluate_policy(model, env_cfg, out_dir, episodes=cfg.episodes, seed=cfg.seed,
                                  num_envs=cfg.num_envs, deterministic=cfg.deterministic, checkpoint=identity,
                                  config=config, record=cfg.video_episodes if cfg.video else 0, fps=cfg.video_fps,
-                                 progress=cfg.progress)
+                                 progress=cfg.progress, heldout=cfg.heldout)
     except UserError as error:
         _fail("vla-eval", error)
     path = out_dir / "report.json"
     low, high = report["success_ci95"]
     print(f"success rate {report['success_rate']:.1%} (95% CI {low:.1%}-{high:.1%}) over {report['episodes']} "
           f"episodes; episode length {report['episode_length_mean']:.1f}; report: {path}", flush=True)
+    if "heldout" in report:
+        heldout = report["heldout"]
+        low, high = heldout["success_ci95"]
+        print(f"held-out split: success rate {heldout['success_rate']:.1%} (95% CI {low:.1%}-{high:.1%}); "
+              f"episode length {heldout['episode_length_mean']:.1f}", flush=True)
     return report["success_rate"]
 
 

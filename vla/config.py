@@ -51,6 +51,9 @@ class TabletopEnvConfig(EnvConfig):
     task: str = "reach"
     # Objects on the table: the named target plus distractors of other colours/shapes.
     num_objects: int = 3
+    # Objects the model is built with (None: num_objects); a curriculum raises the active num_objects up to this
+    # at runtime (set_difficulty), the rest wait out of play (invisible, no contacts, never named).
+    max_objects: Optional[int] = None
     # Camera observations (uint8 HxWx3 under obs["image"]); False: state only.
     use_camera: bool = True
     # "front" (over the table, facing the robot's workspace) and/or "wrist" (rides on the gripper). The first
@@ -67,6 +70,11 @@ class TabletopEnvConfig(EnvConfig):
     placement_range: float = 0.15
     # "sample": a paraphrase drawn per episode; "fixed": always the first (for evaluation).
     instruction_mode: str = "sample"
+    # Generalization split: "all" (every colour and paraphrase; the default, as before splits existed), "train"
+    # (the held-out colours orange and purple never appear and each task's held-out paraphrase is never used;
+    # at most 4 objects) or "heldout" (the named object is orange or purple and the instruction is a held-out
+    # paraphrase). Train with "train" and evaluate with eval.heldout=true to measure generalization.
+    split: str = "all"
     # Append the named object's position and its goal position to obs["state"] (privileged; for state-only
     # training and debugging, where nothing else tells the policy which object is meant).
     privileged_state: bool = False
@@ -391,6 +399,35 @@ class EvalConfig:
     # Episodes recorded as captioned videos in the final evaluation (0: none).
     video_episodes: int = 2
     video_fps: int = 20
+    # Also evaluate every time on the held-out split (env.split=heldout: colours and instruction paraphrases a
+    # env.split=train run never sees), with the same seeds; reported separately (eval_heldout/* tags, a
+    # "heldout" section in report.json and report.md). The best checkpoint is still chosen on the main split.
+    heldout: bool = False
+
+
+@dataclass
+class CurriculumStageConfig:
+    """One difficulty stage of a tabletop curriculum."""
+
+    # Half-width (metres) of the square objects are placed in (None: env.placement_range).
+    placement_range: Optional[float] = None
+    # Objects on the table, the named one included (None: env.num_objects).
+    num_objects: Optional[int] = None
+
+
+@dataclass
+class CurriculumConfig:
+    """Widen the task's difficulty as the evaluation success rate rises (vla/curriculum.py; tabletop envs,
+    PPO). The periodic evaluation (eval.every_updates) runs on the current stage's difficulty; one whose
+    success rate reaches promote_at moves the run to the next stage, from each env's next episode on."""
+
+    enabled: bool = False
+    # Stages, easiest first (see conf/curriculum/tabletop_widen.yaml).
+    stages: List[CurriculumStageConfig] = field(default_factory=list)
+    # Evaluation success rate that promotes the run to the next stage.
+    promote_at: float = 0.8
+    # Evaluations at a stage before it can be left (the promoting one included).
+    min_evals_per_stage: int = 1
 
 
 @dataclass
@@ -461,6 +498,7 @@ class TrainConfig:
     max_env_failures: int = 3
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     watch: WatchConfig = field(default_factory=WatchConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
@@ -478,6 +516,8 @@ class EvalRunConfig:
     device: str = "auto"
     # Override the env config stored in the checkpoint (None: evaluate on the training env).
     env: Optional[Any] = None
+    # Also evaluate on the held-out split (env.split=heldout, same seeds), reported separately.
+    heldout: bool = False
     progress: bool = True
     # Write captioned videos of the first video_episodes episodes (successes and failures alike).
     video: bool = False
@@ -525,3 +565,4 @@ def register_configs() -> None:
     cs.store(group="algo", name="ppo_schema", node=PPOConfig)
     cs.store(group="algo", name="bc_schema", node=BCConfig)
     cs.store(group="distributed", name="distributed_schema", node=DistributedConfig)
+    cs.store(group="curriculum", name="curriculum_schema", node=CurriculumConfig)

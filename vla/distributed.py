@@ -17,6 +17,9 @@ failing stops the run with the env's error, as in local training.
 
 Checkpoints of a Ray run hold everything that trains; episodes in progress on the workers are not captured,
 so a resumed run starts fresh episodes.
+
+A curriculum (``curriculum.enabled``) reaches the workers too: ``set_difficulty`` goes to every worker's envs,
+and a replacement worker starts at the current stage.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ class RolloutWorker:
     def spaces(self):
         return self.runner.observation_space, self.runner.action_space
 
+    def set_difficulty(self, difficulty: Dict[str, Any]) -> None:
+        self.runner.set_difficulty(**difficulty)
+
     def collect(self, weights: Dict[str, torch.Tensor], update_state_stats: bool) -> Dict[str, Any]:
         self.model.load_trainable_state_dict(weights, "the learner's weight broadcast")
         restarts, dropped = self.runner.env_restarts, self.runner.dropped_episodes
@@ -100,7 +106,8 @@ class RayRollouts:
     next_obs: Dict[str, np.ndarray] = {}
 
     def __init__(self, cfg, num_envs: int, episodes: EpisodeTracker, warn: Callable[[str], None],
-                 resume_hint: str):
+                 resume_hint: str, env_cfg=None):
+        """``env_cfg``: the env config workers build (None: ``cfg.env``; a curriculum passes its stage's)."""
         dist = cfg.distributed
         if dist.num_workers < 1 or num_envs % dist.num_workers:
             raise ConfigError(f"num_envs={num_envs} cannot be split evenly between distributed.num_workers="
@@ -113,6 +120,8 @@ class RayRollouts:
             ray.init(address=dist.address, include_dashboard=False, logging_level="warning")
         self.worker_class = ray.remote(num_cpus=dist.cpus_per_worker)(RolloutWorker)
         self.cfg_container = OmegaConf.to_container(cfg, resolve=True)
+        if env_cfg is not None:
+            self.cfg_container["env"] = OmegaConf.to_container(env_cfg, resolve=True)
         self.seed = cfg.seed
         self.env_restarts = self.dropped_episodes = self.nonfinite_rewards = 0
         self.worker_replacements = self.consecutive_replacements = 0
@@ -131,6 +140,11 @@ class RayRollouts:
 
     def snapshots(self) -> List[Optional[Dict[str, Any]]]:
         return []
+
+    def set_difficulty(self, **difficulty) -> None:
+        """Every worker's envs play at ``difficulty`` from their next episode on; replacements start there."""
+        self.cfg_container["env"].update(difficulty)
+        ray.get([worker.set_difficulty.remote(difficulty) for worker in self.workers])
 
     def collect(self, model: ActorCritic, storage: RolloutStorage, update_state_stats: bool) -> CollectedRollout:
         start = time.perf_counter()

@@ -2,11 +2,13 @@
 
 Episode ``i`` always starts from ``env.reset(seed=seed + i)``, whatever ``num_envs`` is, so two evaluations of
 the same checkpoint with the same settings see the same initial states (and, deterministic by default, give
-the same report).
+the same report). With ``heldout``, the same seeds run again on the env's held-out split (``env.split=heldout``)
+and the report gets a separate ``heldout`` section.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections import defaultdict
@@ -15,13 +17,14 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from envs import make_env, make_vector_env
 from envs.wrappers import chunk_stats
 from vla import checkpoint as ckpt
 from vla.actor_critic import ActorCritic
+from vla.errors import ConfigError
 from vla.video import caption, log_video, write_video
 
 
@@ -34,6 +37,18 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> Tuple[float,
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def split_env_config(env_cfg, split: str):
+    """``env_cfg`` on generalization split ``split`` (``env.split``); ConfigError for an env without splits."""
+    if env_cfg.get("kind") != "tabletop":
+        name = env_cfg.get("id") or env_cfg.get("task") or env_cfg.get("kind")
+        raise ConfigError(f"held-out evaluation needs an env with generalization splits (env.split: tabletop "
+                          f"envs); env {name!r} has none. Set eval.heldout=false (vla-eval: heldout=false)")
+    env_cfg = copy.deepcopy(env_cfg)
+    with open_dict(env_cfg):
+        env_cfg.split = split
+    return env_cfg
 
 
 def run_episodes(model: ActorCritic, env_cfg, episodes: int, seed: int, num_envs: int, deterministic: bool,
@@ -147,8 +162,8 @@ def summarize(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     }
 
 
-def build_report(rows: List[Dict[str, Any]], *, checkpoint: Dict[str, Any], config: Dict[str, Any],
-                 deterministic: bool, seed: int) -> Dict[str, Any]:
+def breakdown(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """The summary of ``rows``, per task and per instruction, and the rows themselves."""
     per_task, per_instruction = defaultdict(list), defaultdict(list)
     for row in rows:
         per_task[row["task"]].append(row)
@@ -156,42 +171,87 @@ def build_report(rows: List[Dict[str, Any]], *, checkpoint: Dict[str, Any], conf
             per_instruction[row["instruction"]].append(row)
     return {
         **summarize(rows),
-        "deterministic": deterministic,
-        "seeds": [seed, seed + len(rows) - 1],
         "per_task": [{"task": task, **summarize(group)} for task, group in sorted(per_task.items())],
         "per_instruction": [{"instruction": text, **summarize(group)}
                             for text, group in sorted(per_instruction.items())],
-        "checkpoint": checkpoint,
-        "config": config,
         "episode_rows": rows,
     }
 
 
+def build_report(rows: List[Dict[str, Any]], *, checkpoint: Dict[str, Any], config: Dict[str, Any],
+                 deterministic: bool, seed: int, split: Optional[str] = None,
+                 heldout_rows: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+    """The report of ``rows`` (on env split ``split``, None for envs without splits) and, given
+    ``heldout_rows``, a ``heldout`` section with the same fields for the held-out split."""
+    report = {
+        **breakdown(rows),
+        "deterministic": deterministic,
+        "seeds": [seed, seed + len(rows) - 1],
+        "split": split,
+        "checkpoint": checkpoint,
+        "config": config,
+    }
+    if heldout_rows is not None:
+        report["heldout"] = {"split": "heldout", **breakdown(heldout_rows)}
+    return report
+
+
+def report_scalars(report: Dict[str, Any]) -> Dict[str, Optional[float]]:
+    """Tensorboard scalars of a report: ``eval/*``, and ``eval_heldout/*`` for its held-out section."""
+    sections = [("eval", report)] + ([("eval_heldout", report["heldout"])] if "heldout" in report else [])
+    scalars: Dict[str, Optional[float]] = {}
+    for prefix, section in sections:
+        scalars.update({
+            f"{prefix}/success_rate": section["success_rate"],
+            f"{prefix}/success_ci95_low": section["success_ci95"][0],
+            f"{prefix}/success_ci95_high": section["success_ci95"][1],
+            f"{prefix}/episode_length": section["episode_length_mean"],
+            f"{prefix}/episode_length_success": section["episode_length_success_mean"],
+            f"{prefix}/episode_return": section["episode_return_mean"],
+        })
+    return scalars
+
+
+def _section_markdown(section: Dict[str, Any]) -> List[str]:
+    """Success rate, length and return lines, then the per-task and per-instruction tables."""
+    low, high = section["success_ci95"]
+    length_success = section["episode_length_success_mean"]
+    lines = [
+        f"- **success rate: {section['success_rate']:.1%}** (95% Wilson interval {low:.1%} to {high:.1%})",
+        f"- episode length: {section['episode_length_mean']:.1f} mean"
+        + (f", {length_success:.1f} over successful episodes" if length_success is not None else ""),
+        f"- episode return: {section['episode_return_mean']:.2f} mean (std {section['episode_return_std']:.2f})",
+        "",
+        "| task | episodes | success rate | 95% CI | length | return |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in section["per_task"]:
+        lines.append(f"| {row['task']} | {row['episodes']} | {row['success_rate']:.1%} | "
+                     f"{row['success_ci95'][0]:.1%}-{row['success_ci95'][1]:.1%} | "
+                     f"{row['episode_length_mean']:.1f} | {row['episode_return_mean']:.2f} |")
+    if section["per_instruction"]:
+        lines += ["", "| instruction | episodes | success rate |", "|---|---|---|"]
+        for row in section["per_instruction"]:
+            lines.append(f"| {row['instruction']} | {row['episodes']} | {row['success_rate']:.1%} |")
+    return lines
+
+
 def report_markdown(report: Dict[str, Any]) -> str:
-    low, high = report["success_ci95"]
-    length_success = report["episode_length_success_mean"]
     lines = [
         "# Evaluation report",
         "",
         f"- checkpoint: `{report['checkpoint'].get('path')}` (env step {report['checkpoint'].get('global_step')})",
         f"- episodes: {report['episodes']} (seeds {report['seeds'][0]}..{report['seeds'][1]}, "
         f"{'deterministic mean action' if report['deterministic'] else 'sampled actions'})",
-        f"- **success rate: {report['success_rate']:.1%}** (95% Wilson interval {low:.1%} to {high:.1%})",
-        f"- episode length: {report['episode_length_mean']:.1f} mean"
-        + (f", {length_success:.1f} over successful episodes" if length_success is not None else ""),
-        f"- episode return: {report['episode_return_mean']:.2f} mean (std {report['episode_return_std']:.2f})",
-        "",
-        "| task | episodes | success rate | 95% CI | length | return |",
-        "|---|---|---|---|---|---|",
     ]
-    for row in report["per_task"]:
-        lines.append(f"| {row['task']} | {row['episodes']} | {row['success_rate']:.1%} | "
-                     f"{row['success_ci95'][0]:.1%}-{row['success_ci95'][1]:.1%} | "
-                     f"{row['episode_length_mean']:.1f} | {row['episode_return_mean']:.2f} |")
-    if report["per_instruction"]:
-        lines += ["", "| instruction | episodes | success rate |", "|---|---|---|"]
-        for row in report["per_instruction"]:
-            lines.append(f"| {row['instruction']} | {row['episodes']} | {row['success_rate']:.1%} |")
+    if report.get("split") is not None:
+        lines.append(f"- env split: {report['split']}")
+    lines += _section_markdown(report)
+    if "heldout" in report:
+        lines += ["", "## Held-out split", "",
+                  "The same seeds with env.split=heldout: the named object in a held-out colour, the instruction "
+                  "a held-out paraphrase.", ""]
+        lines += _section_markdown(report["heldout"])
     return "\n".join(lines) + "\n"
 
 
@@ -204,12 +264,21 @@ def write_report(report: Dict[str, Any], out_dir: Path) -> Path:
 
 def evaluate_policy(model: ActorCritic, env_cfg, out_dir: Path, *, episodes: int, seed: int, num_envs: int,
                     deterministic: bool, checkpoint: Dict[str, Any], config: Dict[str, Any], record: int = 0,
-                    fps: int = 20, writer=None, step: int = 0, progress: bool = False) -> Dict[str, Any]:
-    """Run the episodes, write the captioned videos of the first ``record`` of them (also to tensorboard when a
-    ``writer`` is given) and ``report.json`` / ``report.md`` into ``out_dir``; returns the report."""
+                    fps: int = 20, writer=None, step: int = 0, progress: bool = False,
+                    heldout: bool = False) -> Dict[str, Any]:
+    """Run the episodes (and with ``heldout`` the same seeds on the held-out split), write the captioned videos
+    of the first ``record`` of them (also to tensorboard when a ``writer`` is given) and ``report.json`` /
+    ``report.md`` into ``out_dir``; returns the report."""
+    heldout_cfg = split_env_config(env_cfg, "heldout") if heldout else None  # refuse before any episode runs
     rows, videos = run_episodes(model, env_cfg, episodes, seed, num_envs, deterministic, progress=progress,
                                 record=record)
-    report = build_report(rows, checkpoint=checkpoint, config=config, deterministic=deterministic, seed=seed)
+    heldout_rows = None
+    if heldout_cfg is not None:
+        heldout_rows, _ = run_episodes(model, heldout_cfg, episodes, seed, num_envs, deterministic,
+                                       progress=progress)
+    report = build_report(rows, checkpoint=checkpoint, config=config, deterministic=deterministic, seed=seed,
+                          split=env_cfg.get("split", "all") if env_cfg.get("kind") == "tabletop" else None,
+                          heldout_rows=heldout_rows)
     if videos:
         report["videos"] = write_videos(rows, videos, out_dir / "videos", fps, writer=writer, step=step)
     write_report(report, out_dir)

@@ -20,8 +20,9 @@ from envs.wrappers import chunk_stats
 from policies import actions_per_decision
 from vla import checkpoint as ckpt
 from vla.actor_critic import ActorCritic
+from vla.curriculum import Curriculum
 from vla.errors import ConfigError, EnvFailureError, TrainingDivergedError
-from vla.evaluate import evaluate_policy
+from vla.evaluate import evaluate_policy, report_scalars, split_env_config
 from vla.logger import RunLogger
 from vla.normalize import RewardScaler
 from vla.ppo import PPO, RolloutStorage, compute_gae, frozen_copy
@@ -167,6 +168,12 @@ class EnvRunner:
         """Exact simulator states of the episodes in progress (None where an env cannot capture its state)."""
         return list(self.envs.call("get_snapshot"))
 
+    def set_difficulty(self, **difficulty) -> None:
+        """The env's ``set_difficulty`` (a curriculum stage) on every env, from its next episode on; envs rebuilt
+        after a failure start at it too."""
+        self.envs.call("set_difficulty", **difficulty)
+        self.env_cfg = OmegaConf.merge(self.env_cfg, difficulty)
+
     def restore(self, snapshots: List[Dict[str, Any]], next_obs: Dict[str, np.ndarray]) -> None:
         self.envs.reset(seed=self.seed)
         self.envs.call("restore_snapshot", snapshots)
@@ -289,10 +296,20 @@ class Trainer:
         self.action_chunk = actions_per_decision(cfg.policy)
         self.num_updates = max(1, cfg.total_env_steps // (self.batch_size * self.action_chunk))
 
+        if cfg.eval.heldout:
+            split_env_config(cfg.env, "heldout")  # an env without splits fails now, not at the first evaluation
         resume_from = ckpt.load_checkpoint(ckpt.resolve_checkpoint(cfg.resume)) if cfg.resume else None
         # On resume, everything (checkpoints, tensorboard) continues in the original run directory.
         self.run_dir = resume_from["path"].parent.parent if resume_from else run_dir
         self.checkpoint_root = self.run_dir / "checkpoints"
+        # Training and evaluation envs run at the curriculum's current stage (on resume: the checkpoint's).
+        self.curriculum = Curriculum(cfg) if cfg.curriculum.enabled else None
+        if resume_from is not None and "curriculum" in resume_from["state"]:
+            if self.curriculum is None:  # its envs hold more objects than these: the states would not fit
+                raise ConfigError(f"checkpoint {resume_from['path']} is from a run with a curriculum; resume with "
+                                  "the same curriculum settings (curriculum=... or curriculum.enabled=true ...)")
+            self.curriculum.load_state_dict(resume_from["state"]["curriculum"], resume_from["path"])
+        env_cfg = self.curriculum.env_config() if self.curriculum is not None else cfg.env
 
         self.episodes = EpisodeTracker(self.num_envs)
         resume_hint = (f"The last checkpoint in {self.checkpoint_root} is intact; fix the env and resume with "
@@ -300,9 +317,9 @@ class Trainer:
         if distributed.name == "ray":
             from vla.distributed import RayRollouts
 
-            self.rollouts = RayRollouts(cfg, self.num_envs, self.episodes, self._warn, resume_hint)
+            self.rollouts = RayRollouts(cfg, self.num_envs, self.episodes, self._warn, resume_hint, env_cfg)
         else:
-            self.rollouts = EnvRunner(cfg.env, self.num_envs, cfg.seed, cfg.max_env_failures, self.episodes,
+            self.rollouts = EnvRunner(env_cfg, self.num_envs, cfg.seed, cfg.max_env_failures, self.episodes,
                                       self._warn, resume_hint, self.action_chunk, self.algo.gamma)
         obs_space, action_space = self.rollouts.observation_space, self.rollouts.action_space
         try:
@@ -351,6 +368,14 @@ class Trainer:
             self.logger.message(f"initialized from {initialized_from['path']} (algo "
                                 f"{initialized_from['state'].get('algo', 'ppo')}, step "
                                 f"{initialized_from['state']['global_step']})")
+        if cfg.eval.heldout and cfg.env.split != "train":
+            self.logger.message(f"WARNING: eval.heldout=true with env.split={cfg.env.split}: training sees the "
+                                "held-out colours and paraphrases too; train with env.split=train to measure "
+                                "generalization")
+        if self.curriculum is not None:
+            last = len(self.curriculum.stages) - 1
+            self.logger.message(f"curriculum: stage {self.curriculum.stage} (stages 0-{last}): "
+                                f"{self._describe_stage()}")
         if resume_from is not None:
             self.logger.message(f"resumed from {resume_from['path']} at env step {self.global_step}")
             if not exact_resume:
@@ -415,6 +440,7 @@ class Trainer:
             "perf/update_seconds": now - t_update,
             **rollout.metrics,
             **self.episodes.drain(),
+            **(self.curriculum.metrics() if self.curriculum is not None else {}),
         }
         if stats is None:
             return metrics
@@ -494,32 +520,54 @@ class Trainer:
         ecfg = self.cfg.eval
         identity = {"path": str(self.checkpoint_root), "global_step": self.global_step,
                     "update": self.update_index, "backbone": self.model.backbone.identity()}
+        env_cfg = self.cfg.env
+        if self.curriculum is not None:  # evaluation runs at the current stage's difficulty
+            env_cfg = self.curriculum.env_config()
+            identity["curriculum"] = {"stage": self.curriculum.stage, **self.curriculum.difficulty}
         report = evaluate_policy(
-            self.model, self.cfg.env, self.run_dir / "eval" / name, episodes=ecfg.episodes, seed=ecfg.seed,
+            self.model, env_cfg, self.run_dir / "eval" / name, episodes=ecfg.episodes, seed=ecfg.seed,
             num_envs=ecfg.num_envs or self.num_envs, deterministic=ecfg.deterministic, checkpoint=identity,
             config=OmegaConf.to_container(self.cfg, resolve=True), record=record, fps=ecfg.video_fps,
-            writer=self.logger.writer, step=self.global_step)
-        self.logger.scalars({
-            "eval/success_rate": report["success_rate"],
-            "eval/success_ci95_low": report["success_ci95"][0],
-            "eval/success_ci95_high": report["success_ci95"][1],
-            "eval/episode_length": report["episode_length_mean"],
-            "eval/episode_length_success": report["episode_length_success_mean"],
-            "eval/episode_return": report["episode_return_mean"],
-        }, self.global_step)
+            writer=self.logger.writer, step=self.global_step, heldout=ecfg.heldout)
+        self.logger.scalars(report_scalars(report), self.global_step)
+        heldout = (f"; held-out split: success rate {report['heldout']['success_rate']:.1%}"
+                   if "heldout" in report else "")
         self.logger.message(f"eval at step {self.global_step}: success rate {report['success_rate']:.1%}, "
                             f"episode length {report['episode_length_mean']:.1f}, "
-                            f"return {report['episode_return_mean']:.2f}")
+                            f"return {report['episode_return_mean']:.2f}{heldout}")
         return report
 
     def evaluate_and_keep_best(self) -> None:
-        self.keep_if_best(self.evaluate(f"update_{self.update_index:06d}"))
+        report = self.evaluate(f"update_{self.update_index:06d}")
+        self.keep_if_best(report)
+        if self.curriculum is not None:
+            self.advance_curriculum(report["success_rate"])
+
+    def _describe_stage(self) -> str:
+        return ", ".join(f"{key} {value:g}" for key, value in self.curriculum.difficulty.items())
+
+    def advance_curriculum(self, success_rate: float) -> None:
+        """Count an evaluation at the current stage; on promotion, every env plays the next stage from its next
+        episode on."""
+        stage = self.curriculum.stage
+        if not self.curriculum.observe(success_rate):
+            return
+        self.rollouts.set_difficulty(**self.curriculum.difficulty)
+        self.logger.scalars(self.curriculum.metrics(), self.global_step)
+        self.logger.message(f"curriculum: eval success rate {success_rate:.1%} >= {self.curriculum.promote_at:.0%}"
+                            f" at stage {stage}: promoted to stage {self.curriculum.stage} (stages 0-"
+                            f"{len(self.curriculum.stages) - 1}): {self._describe_stage()}")
 
     def keep_if_best(self, report: Dict[str, Any]) -> None:
-        """Keep ``checkpoints/best``: the highest eval success rate so far (ties: the higher return)."""
-        score = (report["success_rate"], report["episode_return_mean"])
-        if self.best_eval is None or score > (self.best_eval["success_rate"], self.best_eval["return"]):
-            self.best_eval = {"success_rate": score[0], "return": score[1], "global_step": self.global_step}
+        """Keep ``checkpoints/best``: the highest eval success rate so far (ties: the higher return); with a
+        curriculum, a later stage beats any earlier one (its evaluation is harder)."""
+        stage = self.curriculum.stage if self.curriculum is not None else 0
+        score = (stage, report["success_rate"], report["episode_return_mean"])
+        best = self.best_eval
+        if best is None or score > (best.get("stage", 0), best["success_rate"], best["return"]):
+            self.best_eval = {"success_rate": score[1], "return": score[2], "global_step": self.global_step}
+            if self.curriculum is not None:
+                self.best_eval["stage"] = stage
             self.save(name="best")
 
     def watch(self, metrics: Dict[str, float]) -> None:
@@ -602,6 +650,8 @@ class Trainer:
             "next_obs_text": rollout_text,
             "best_eval": self.best_eval,
         }
+        if self.curriculum is not None:
+            state["curriculum"] = self.curriculum.state_dict()
         return ckpt.save_checkpoint(
             self.checkpoint_root, name or f"update_{self.update_index:06d}",
             weights=weights, trainer_state=trainer_state, state=state,

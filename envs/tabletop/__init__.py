@@ -23,5 +23,6 @@ def build_tabletop_env(cfg, render_mode: Optional[str]) -> gym.Env:
         image_size=cfg.image_size, video_size=cfg.video_size, reward=cfg.reward, time_penalty=cfg.time_penalty,
         placement_range=cfg.placement_range, instruction_mode=cfg.instruction_mode,
         privileged_state=cfg.privileged_state, privileged_obs=cfg.privileged_obs, render_mode=render_mode,
+        max_objects=cfg.get("max_objects"), split=cfg.get("split", "all"),  # absent in older checkpoints
     )
     return SuccessInfo(env, distance_fn=None, threshold=0.0, terminate_on_success=cfg.terminate_on_success)

@@ -12,8 +12,8 @@ from gymnasium import spaces
 
 from envs.gl import load_triton_before_gl
 from envs.tabletop.scene import (
-    CAMERA_NAMES, COLOUR_NAMES, COLOURS, DISPLAY_CAMERA, FINGER_MAX_OPENING, HAND_HOME, HAND_RANGE, NUM_ZONES,
-    OBJECT_HALF_SIZE, SHAPE_NOUNS, SHAPES, TABLE_HALF_SIZE, ZONE_RADIUS, build_scene_xml,
+    CAMERA_NAMES, COLOUR_NAMES, COLOURS, DISPLAY_CAMERA, FINGER_MAX_OPENING, HAND_HOME, HAND_RANGE, HELDOUT_COLOURS,
+    NUM_ZONES, OBJECT_HALF_SIZE, SHAPE_NOUNS, SHAPES, TABLE_HALF_SIZE, ZONE_RADIUS, build_scene_xml,
 )
 from envs.tabletop.tasks import TASKS, TaskMeasures
 from envs.wrappers import camera_image_key
@@ -23,9 +23,13 @@ MAX_HAND_STEP = 0.02  # metres the hand's position target may move per control s
 MAX_TARGET_LEAD = 0.05  # how far the target may run ahead of the hand (no wind-up against the table or an object)
 PHYSICS_STEPS_PER_ACTION = 5  # 5 x 8 ms: the policy acts at 25 Hz
 OBJECT_MIN_SPACING = 0.08  # centre-to-centre, so objects never start touching
+# Where inactive objects (beyond the active num_objects of a model built for max_objects) wait: far off the
+# table, out of view, floating (gravity compensated), invisible and without contacts.
+PARKED_OBJECT_POSITION = (3.0, 3.0, 1.0)
 
 REWARD_KINDS = ("dense", "sparse")
 INSTRUCTION_MODES = ("sample", "fixed")
+SPLITS = ("all", "train", "heldout")
 INSTRUCTION_CHARSET = string.ascii_lowercase + " "
 INSTRUCTION_MAX_LENGTH = 96
 
@@ -47,6 +51,15 @@ class TabletopEnv(gym.Env):
 
     Per-episode choices (colours, target, zone, instruction) live in Python and in model fields that
     ``mj_getState`` does not capture: ``get_task_state``/``set_task_state`` carry them for exact resume.
+
+    Difficulty can change between episodes (a curriculum, ``vla/curriculum.py``): ``set_difficulty`` sets the
+    placement range and the number of active objects for the next reset. The model holds ``max_objects``
+    objects (default ``num_objects``); inactive ones are parked out of play.
+
+    ``split`` picks what instructions and colours an episode may have, for generalization tests: "all" (every
+    colour and paraphrase, as before splits existed), "train" (never a colour of ``HELDOUT_COLOURS`` on any
+    object or zone, never a task's held-out paraphrase) or "heldout" (the named object always in a held-out
+    colour, the instruction always a held-out paraphrase; distractors and zones in training colours).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 25}
@@ -55,23 +68,31 @@ class TabletopEnv(gym.Env):
                  use_camera: bool = True, image_size: int = 64, video_size: int = 256, reward: str = "dense",
                  time_penalty: float = 0.0, placement_range: float = 0.15, instruction_mode: str = "sample",
                  privileged_state: bool = False, privileged_obs: bool = False,
-                 render_mode: Optional[str] = None):
+                 render_mode: Optional[str] = None, max_objects: Optional[int] = None, split: str = "all"):
         _check_choice("env.task", task, list(TASKS))
         _check_choice("env.reward", reward, REWARD_KINDS)
         _check_choice("env.instruction_mode", instruction_mode, INSTRUCTION_MODES)
+        _check_choice("env.split", split, SPLITS)
         if render_mode is not None:
             _check_choice("render_mode", render_mode, self.metadata["render_modes"])
-        if not 1 <= num_objects <= len(COLOURS):
-            raise ConfigError(f"env.num_objects={num_objects} must be between 1 and {len(COLOURS)} "
-                              f"(objects have distinct colours: {COLOUR_NAMES})")
+        heldout = [COLOUR_NAMES.index(name) for name in HELDOUT_COLOURS]
+        # Colours objects and zones are drawn from (the named object's is replaced by a held-out one in the
+        # held-out split): distinct per object, so an instruction's colour names one object.
+        self._palette = np.arange(len(COLOURS)) if split == "all" else \
+            np.array([i for i in range(len(COLOURS)) if i not in heldout])
+        self._heldout_colours = np.array(heldout)
+        self.split = split
+        self.max_objects = num_objects if max_objects is None else max_objects
+        if not 1 <= self.max_objects <= len(self._palette):
+            name = "env.num_objects" if max_objects is None else "env.max_objects"
+            raise ConfigError(f"{name}={self.max_objects} must be between 1 and {len(self._palette)} with "
+                              f"env.split={split} (objects have distinct colours: "
+                              f"{[COLOUR_NAMES[i] for i in self._palette]})")
+        self._check_difficulty(placement_range, num_objects)
         for camera in cameras:
             _check_choice("env.cameras entry", camera, CAMERA_NAMES)
         if use_camera and not cameras:
             raise ConfigError(f"env.cameras is empty but env.use_camera is true; name one of {list(CAMERA_NAMES)}")
-        max_range = TABLE_HALF_SIZE - 2 * OBJECT_HALF_SIZE
-        if not 2 * OBJECT_HALF_SIZE <= placement_range <= max_range:
-            raise ConfigError(f"env.placement_range={placement_range} must lie in "
-                              f"[{2 * OBJECT_HALF_SIZE}, {max_range}] metres (objects must start on the table)")
         self.task = TASKS[task]
         self.num_objects = num_objects
         self.cameras = list(cameras) if use_camera else []
@@ -81,10 +102,15 @@ class TabletopEnv(gym.Env):
         self.privileged_state, self.render_mode = privileged_state, render_mode
         self.privileged_obs = privileged_obs
 
-        self.model = mujoco.MjModel.from_xml_string(build_scene_xml(num_objects, image_size, video_size))
+        self.model = mujoco.MjModel.from_xml_string(build_scene_xml(self.max_objects, image_size, video_size))
         self.data = mujoco.MjData(self.model)
-        self._object_qpos = [self.model.jnt_qposadr[self.model.joint(f"object{i}").id] for i in range(num_objects)]
-        self._object_geoms = [self.model.geom(f"object{i}").id for i in range(num_objects)]
+        objects = range(self.max_objects)
+        self._object_qpos = [self.model.jnt_qposadr[self.model.joint(f"object{i}").id] for i in objects]
+        self._object_geoms = [self.model.geom(f"object{i}").id for i in objects]
+        self._object_bodies = [self.model.body(f"object{i}").id for i in objects]
+        # Collision bits of an active object (an inactive one gets none).
+        self._object_contacts = (self.model.geom_contype[self._object_geoms].copy(),
+                                 self.model.geom_conaffinity[self._object_geoms].copy())
         self._finger_geoms = (self.model.geom("finger_left").id, self.model.geom("finger_right").id)
         self._zone_bodies = [self.model.body(f"zone{i}").id for i in range(NUM_ZONES)]
         self._zone_geoms = [self.model.geom(f"zone{i}").id for i in range(NUM_ZONES)]
@@ -105,13 +131,33 @@ class TabletopEnv(gym.Env):
         self.observation_space = spaces.Dict(observation)
         self._task_state: Dict[str, Any] = {}
 
+    # ------------------------------------------------------------------------------------------- difficulty
+    def _check_difficulty(self, placement_range: float, num_objects: int) -> None:
+        if not 1 <= num_objects <= self.max_objects:
+            raise ConfigError(f"env.num_objects={num_objects} must be between 1 and {self.max_objects} (the "
+                              f"objects the model was built with: env.max_objects, default env.num_objects; "
+                              f"objects have distinct colours, {len(self._palette)} with env.split={self.split})")
+        max_range = TABLE_HALF_SIZE - 2 * OBJECT_HALF_SIZE
+        if not 2 * OBJECT_HALF_SIZE <= placement_range <= max_range:
+            raise ConfigError(f"env.placement_range={placement_range} must lie in "
+                              f"[{2 * OBJECT_HALF_SIZE}, {max_range}] metres (objects must start on the table)")
+
+    def set_difficulty(self, placement_range: Optional[float] = None, num_objects: Optional[int] = None) -> None:
+        """From the next reset on: objects placed within +-``placement_range`` metres, ``num_objects`` of them
+        active (at most ``max_objects``); None keeps the current value. Through a vector env and its wrappers:
+        ``envs.call("set_difficulty", placement_range=..., num_objects=...)``."""
+        placement_range = self.placement_range if placement_range is None else float(placement_range)
+        num_objects = self.num_objects if num_objects is None else int(num_objects)
+        self._check_difficulty(placement_range, num_objects)
+        self.placement_range, self.num_objects = placement_range, num_objects
+
     # ---------------------------------------------------------------------------------------------- episode
     def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
         super().reset(seed=seed)
         rng = self.np_random
         mujoco.mj_resetData(self.model, self.data)
-        colours = rng.choice(len(COLOURS), size=self.num_objects, replace=False)
-        zone_colours = rng.choice(len(COLOURS), size=NUM_ZONES, replace=False)
+        colours = rng.choice(self._palette, size=self.num_objects, replace=False)
+        zone_colours = rng.choice(self._palette, size=NUM_ZONES, replace=False)
         zone_positions = (self._sample_positions(NUM_ZONES, 2 * ZONE_RADIUS + 0.02, [])
                           if self.task.uses_zone else [])
         # Objects keep clear of the zones, so no object starts inside a goal.
@@ -119,12 +165,15 @@ class TabletopEnv(gym.Env):
                                                   clearance=ZONE_RADIUS + OBJECT_HALF_SIZE + 0.01)
         target = int(rng.integers(self.num_objects))
         target_zone = int(rng.integers(NUM_ZONES)) if self.task.uses_zone else -1
+        if self.split == "heldout":  # the palette holds no held-out colour: the named object stays distinct
+            colours[target] = rng.choice(self._heldout_colours)
         shape_nouns = SHAPE_NOUNS[SHAPES[target % len(SHAPES)]]
+        templates = self.task.instruction_templates(self.split)
         if self.instruction_mode == "sample":
-            template = self.task.paraphrases[rng.integers(len(self.task.paraphrases))]
+            template = templates[rng.integers(len(templates))]
             noun = shape_nouns[rng.integers(len(shape_nouns))]
         else:
-            template, noun = self.task.paraphrases[0], shape_nouns[0]
+            template, noun = templates[0], shape_nouns[0]
         instruction = template.format(
             object=f"{COLOUR_NAMES[colours[target]]} {noun}",
             zone=COLOUR_NAMES[zone_colours[target_zone]] if self.task.uses_zone else "",
@@ -138,6 +187,10 @@ class TabletopEnv(gym.Env):
             yaw = rng.uniform(-np.pi, np.pi)
             self.data.qpos[qpos_address:qpos_address + 7] = [x, y, OBJECT_HALF_SIZE,
                                                              np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
+        for index in range(self.num_objects, self.max_objects):
+            qpos_address = self._object_qpos[index]
+            x, y, z = PARKED_OBJECT_POSITION
+            self.data.qpos[qpos_address:qpos_address + 7] = [x + 0.1 * index, y, z, 1.0, 0.0, 0.0, 0.0]
         hand = np.asarray(HAND_HOME) + rng.uniform(-0.03, 0.03, size=3)
         self.data.qpos[:3] = hand
         self.data.qpos[3:5] = FINGER_MAX_OPENING
@@ -181,10 +234,19 @@ class TabletopEnv(gym.Env):
         return dict(self._task_state)
 
     def set_task_state(self, task_state: Dict[str, Any]) -> None:
-        """Restore the episode's choices and the model fields they set (object and zone colours, zone places)."""
+        """Restore the episode's choices and the model fields they set (object and zone colours, zone places,
+        which objects are active: the first ``len(colours)``)."""
         self._task_state = dict(task_state)
-        for geom, colour in zip(self._object_geoms, task_state["colours"]):
-            self.model.geom_rgba[geom] = COLOURS[COLOUR_NAMES[colour]]
+        active = len(task_state["colours"])
+        contype, conaffinity = self._object_contacts
+        for index, (geom, body) in enumerate(zip(self._object_geoms, self._object_bodies)):
+            if index < active:
+                self.model.geom_rgba[geom] = COLOURS[COLOUR_NAMES[task_state["colours"][index]]]
+            else:
+                self.model.geom_rgba[geom, 3] = 0.0
+            self.model.geom_contype[geom] = contype[index] if index < active else 0
+            self.model.geom_conaffinity[geom] = conaffinity[index] if index < active else 0
+            self.model.body_gravcomp[body] = 0.0 if index < active else 1.0
         for index, (body, geom) in enumerate(zip(self._zone_bodies, self._zone_geoms)):
             if self.task.uses_zone:
                 x, y = task_state["zone_positions"][index]

@@ -24,6 +24,9 @@ COLOURS: Dict[str, Tuple[float, float, float, float]] = {
     "orange": (0.98, 0.50, 0.05, 1.0),
 }
 COLOUR_NAMES = list(COLOURS)
+# Colours reserved for generalization tests (``env.split``): with split=train no object or zone ever has one
+# (so no training instruction names one); with split=heldout the named object always has one.
+HELDOUT_COLOURS = ("orange", "purple")
 
 # Object shapes, with the nouns instructions may use for them (the first is the canonical one).
 SHAPES = ("box", "sphere", "cylinder")
