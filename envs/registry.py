@@ -9,9 +9,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import gymnasium as gym
+import numpy as np
 
 from envs.contract import EnvContract
 from envs.gl import load_triton_before_gl
@@ -95,8 +96,9 @@ def _worker_thunk(cfg, render_mode: Optional[str], vector_index: int, action_chu
 
 
 def make_vector_env(cfg, num_envs: int, render_mode: Optional[str] = None, autoreset: bool = True,
-                    action_chunk: int = 1, gamma: float = 1.0) -> gym.vector.VectorEnv:
-    """``num_envs`` copies of ``make_env(cfg, action_chunk=..., gamma=...)``.
+                    action_chunk: int = 1, gamma: float = 1.0, first_index: int = 0) -> gym.vector.VectorEnv:
+    """``num_envs`` copies of ``make_env(cfg, action_chunk=..., gamma=...)``, with vector indices from
+    ``first_index`` (``SplitVectorEnv``'s second group continues the first group's numbering).
 
     Async workers are started with ``forkserver`` (a robosuite camera env created in a ``fork``ed worker hung
     on these machines); sync when ``num_envs == 1`` or ``cfg.vector_mode == "sync"``. Autoreset happens within
@@ -106,12 +108,63 @@ def make_vector_env(cfg, num_envs: int, render_mode: Optional[str] = None, autor
     """
     if cfg.vector_mode not in ("async", "sync"):
         raise ConfigError(f"env.vector_mode={cfg.vector_mode!r}; use 'async' or 'sync'")
-    thunks = [_worker_thunk(cfg, render_mode, i, action_chunk, gamma) for i in range(num_envs)]
+    thunks = [_worker_thunk(cfg, render_mode, first_index + i, action_chunk, gamma) for i in range(num_envs)]
     mode = gym.vector.AutoresetMode
     autoreset_mode = mode.SAME_STEP if autoreset else mode.DISABLED
     if num_envs == 1 or cfg.vector_mode == "sync":
         return gym.vector.SyncVectorEnv(thunks, autoreset_mode=autoreset_mode)
     return gym.vector.AsyncVectorEnv(thunks, context="forkserver", autoreset_mode=autoreset_mode, shared_memory=False)
+
+
+def concat_obs(parts: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Batched observation dicts of consecutive env groups -> one (text fields are tuples)."""
+    return {key: tuple(x for part in parts for x in part[key]) if isinstance(parts[0][key], tuple)
+            else np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
+class SplitVectorEnv:
+    """``num_envs`` envs as two async vector envs (the groups), so one group steps while the policy infers for
+    the other: the trainer's rollout overlaps env stepping with inference (``overlap_envs=true``).
+
+    Env ``i`` keeps its place: group 0 holds envs ``0..n0-1``, group 1 the rest, seeded and indexed as one
+    vector env would be (``reset(seed=s)`` gives env ``i`` seed ``s + i``; ``call`` concatenates the groups'
+    results, and broadcast ``restore_snapshot`` calls find each env's snapshot by its index). Stepping goes
+    through the groups' own ``step_async``/``step_wait``; ``slices`` says which envs each group holds.
+    """
+
+    def __init__(self, cfg, num_envs: int, action_chunk: int = 1, gamma: float = 1.0):
+        if num_envs < 2 or cfg.vector_mode != "async":
+            raise ConfigError(f"overlap_envs=true needs at least 2 envs in async workers (num_envs={num_envs}, "
+                              f"env.vector_mode={cfg.vector_mode!r}); set num_envs>=2 and env.vector_mode=async, "
+                              f"or overlap_envs=false")
+        first = num_envs // 2
+        self.num_envs = num_envs
+        self.slices = [slice(0, first), slice(first, num_envs)]
+        self.groups: List[gym.vector.VectorEnv] = []
+        try:
+            for part in self.slices:
+                self.groups.append(make_vector_env(cfg, part.stop - part.start, action_chunk=action_chunk,
+                                                   gamma=gamma, first_index=part.start))
+        except BaseException:
+            self.close()
+            raise
+        self.single_observation_space = self.groups[0].single_observation_space
+        self.single_action_space = self.groups[0].single_action_space
+
+    def reset(self, seed: Optional[int] = None):
+        results = [group.reset(seed=None if seed is None else seed + part.start)
+                   for group, part in zip(self.groups, self.slices)]
+        return concat_obs([obs for obs, _ in results]), [info for _, info in results]
+
+    def call(self, name: str, *args, **kwargs) -> tuple:
+        return tuple(result for group in self.groups for result in group.call(name, *args, **kwargs))
+
+    def close(self, **kwargs) -> None:
+        for group in self.groups:
+            try:
+                group.close(**kwargs)
+            except Exception:  # a dead worker's pipes are broken already; close the other group regardless
+                pass
 
 # Env kinds defined in their own modules register themselves on import (robosuite itself loads lazily).
 import envs.robosuite_env  # noqa: E402,F401

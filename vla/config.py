@@ -473,6 +473,10 @@ class TrainConfig:
     algo: AlgoConfig = MISSING
     seed: int = 0
     num_envs: int = 8
+    # Split the envs into two groups of async workers, half a step apart: one group steps while the policy
+    # infers for the other, so env stepping and inference overlap (throughput: experiments/bench_throughput.py).
+    # Needs env.vector_mode=async and num_envs >= 2 (with distributed=ray: envs per worker).
+    overlap_envs: bool = False
     total_env_steps: int = 200_000
     # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1", ...
     device: str = "auto"

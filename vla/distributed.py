@@ -57,7 +57,7 @@ class RolloutWorker:
         self.runner = EnvRunner(cfg.env, num_envs, seed, cfg.max_env_failures, self.episodes,
                                 warn=lambda message: print(f"WARNING: {message}", flush=True),
                                 resume_hint=resume_hint, action_chunk=actions_per_decision(cfg.policy),
-                                gamma=cfg.algo.gamma)
+                                gamma=cfg.algo.gamma, overlap=cfg.get("overlap_envs", False))
         # The learner's state normalizer is updated from the raw states every worker saw.
         self.runner.keep_raw_states = True
         self.reset(seed)

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from envs import make_vector_env
 from envs.contract import EnvContractError
+from envs.registry import SplitVectorEnv
 from envs.wrappers import chunk_stats
 from policies import actions_per_decision
 from vla import checkpoint as ckpt
@@ -54,6 +55,20 @@ def load_initial_weights(model: ActorCritic, path: str, state_dim: int, action_d
 def stack_obs(observations: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
     """A list of single-env observation dicts -> one batched dict."""
     return {key: np.stack([obs[key] for obs in observations]) for key in observations[0]}
+
+
+def set_obs_slice(full: Dict[str, Any], part: Dict[str, Any], where: slice) -> Dict[str, Any]:
+    """``full`` with envs ``where`` replaced by the batched ``part``, as a new dict of new arrays (tensors made
+    from the old arrays may share their memory: the storage keeps some)."""
+    if where.start == 0 and where.stop == len(next(iter(full.values()))):
+        return part
+    merged = {}
+    for key, value in full.items():
+        if isinstance(value, tuple):
+            merged[key] = value[:where.start] + tuple(part[key]) + value[where.stop:]
+        else:
+            merged[key] = np.concatenate([value[:where.start], part[key], value[where.stop:]])
+    return merged
 
 
 class EpisodeTracker:
@@ -133,8 +148,10 @@ class EnvRunner:
     restores_snapshots = True  # checkpoints resume its episodes in progress exactly
 
     def __init__(self, env_cfg, num_envs: int, seed: int, max_env_failures: int, episodes: EpisodeTracker,
-                 warn: Callable[[str], None], resume_hint: str, action_chunk: int = 1, gamma: float = 1.0):
+                 warn: Callable[[str], None], resume_hint: str, action_chunk: int = 1, gamma: float = 1.0,
+                 overlap: bool = False):
         self.env_cfg, self.num_envs, self.seed = env_cfg, num_envs, seed
+        self.overlap = overlap
         self.max_env_failures, self.episodes = max_env_failures, episodes
         self.warn, self.resume_hint = warn, resume_hint
         self.action_chunk, self.gamma = action_chunk, gamma
@@ -150,6 +167,8 @@ class EnvRunner:
         return self.envs.single_observation_space
 
     def _make_envs(self):
+        if self.overlap:
+            return SplitVectorEnv(self.env_cfg, self.num_envs, action_chunk=self.action_chunk, gamma=self.gamma)
         return make_vector_env(self.env_cfg, self.num_envs, action_chunk=self.action_chunk, gamma=self.gamma)
 
     @property
@@ -192,61 +211,99 @@ class EnvRunner:
         fresh = np.full(self.num_envs, self.env_restarts > restarts_before)
         return CollectedRollout(next_value, fresh, timings)
 
+    def _act(self, model: ActorCritic, obs: Dict[str, Any], update_state_stats: bool) -> Dict[str, Any]:
+        """The policy's step on a batch of observations: what the env gets and what the storage keeps."""
+        stored: Dict[str, torch.Tensor] = {}
+        if self.keep_raw_states:
+            stored["raw_state"] = torch.as_tensor(obs["state"])
+            if "privileged" in obs and model.privileged_rms is not None:
+                stored["raw_privileged"] = torch.as_tensor(obs["privileged"])
+        out = model.act(model.to_tensors(obs, update_stats=update_state_stats))
+        stored.update({f"in/{k}": v for k, v in out.update_inputs.items()})
+        stored.update(action=out.action, log_prob=out.log_prob, value=out.value)
+        return {"actions": out.action.cpu().numpy(), "stored": stored}
+
+    def _transition(self, model: ActorCritic, result, device: torch.device) -> Dict[str, Any]:
+        """One vector-env step's result -> the storage's fields and the episode tracker's arrays."""
+        _, reward, terminated, truncated, info = result
+        if not np.isfinite(reward).all():
+            self.nonfinite_rewards += int((~np.isfinite(reward)).sum())
+            reward = np.nan_to_num(reward, nan=0.0, posinf=0.0, neginf=0.0)
+        stored = {"reward": torch.as_tensor(reward, dtype=torch.float32, device=device),
+                  "terminated": torch.as_tensor(terminated, device=device),
+                  "truncated": torch.as_tensor(truncated, device=device)}
+        episode_reward, steps = reward, np.ones(len(reward), dtype=np.int64)
+        if self.action_chunk > 1:
+            steps, episode_reward = chunk_stats(info, reward)
+            episode_reward = np.nan_to_num(episode_reward, nan=0.0, posinf=0.0, neginf=0.0)
+            stored["discount"] = torch.as_tensor(self.gamma ** steps, dtype=torch.float32, device=device)
+            stored["env_steps"] = torch.as_tensor(steps, device=device)
+        final_values = torch.zeros(len(reward), device=device)
+        cut = np.flatnonzero(truncated & ~terminated)
+        if len(cut):
+            # The time limit cut these episodes: their return continues past the cut, so bootstrap from the
+            # value of the observation the episode ended in (not the reset observation we now hold).
+            final_obs = model.to_tensors(stack_obs([info["final_obs"][i] for i in cut]))
+            final_values[cut] = model.value(final_obs)
+        stored["final_value"] = final_values
+        done = terminated | truncated
+        final_success = np.zeros(len(reward), dtype=bool)
+        if done.any():
+            final_success = np.asarray(info["final_info"].get("success", final_success), dtype=bool)
+        return {"stored": stored, "episode": (episode_reward, done, final_success, steps)}
+
     def _collect_once(self, model: ActorCritic, storage: RolloutStorage,
                       update_state_stats: bool) -> Dict[str, float]:
+        """Fill the storage. With ``overlap`` the envs are two groups half a step apart: while one group's
+        workers step, the policy infers for the other group (its next actions), so env stepping and inference
+        overlap; the stored rollout is the same (num_steps, num_envs) batch either way."""
         storage.reset()
         device = storage.device
+        groups = self.envs.slices if self.overlap else [slice(0, self.num_envs)]
         env_time = model_time = 0.0
-        for _ in range(storage.num_steps):
-            t0 = time.perf_counter()
-            raw_state = {}
-            if self.keep_raw_states:
-                raw_state["raw_state"] = torch.as_tensor(self.next_obs["state"])
-                if "privileged" in self.next_obs and model.privileged_rms is not None:
-                    raw_state["raw_privileged"] = torch.as_tensor(self.next_obs["privileged"])
-            obs = model.to_tensors(self.next_obs, update_stats=update_state_stats)
-            out = model.act(obs)
-            actions = out.action.cpu().numpy()
-            t1 = time.perf_counter()
-            self.next_obs, reward, terminated, truncated, info = self.step_envs(actions)
-            t2 = time.perf_counter()
-            done = terminated | truncated
-            if not np.isfinite(reward).all():
-                self.nonfinite_rewards += int((~np.isfinite(reward)).sum())
-                reward = np.nan_to_num(reward, nan=0.0, posinf=0.0, neginf=0.0)
-            chunked = {}
-            episode_reward, steps = reward, 1
-            if self.action_chunk > 1:
-                steps, episode_reward = chunk_stats(info, reward)
-                episode_reward = np.nan_to_num(episode_reward, nan=0.0, posinf=0.0, neginf=0.0)
-                chunked = {"discount": torch.as_tensor(self.gamma ** steps, dtype=torch.float32, device=device),
-                           "env_steps": torch.as_tensor(steps, device=device)}
-            final_values = torch.zeros(self.num_envs, device=device)
-            cut = np.flatnonzero(truncated & ~terminated)
-            if len(cut):
-                # The time limit cut these episodes: their return continues past the cut, so bootstrap from
-                # the value of the observation the episode ended in (not the reset observation we now hold).
-                final_obs = model.to_tensors(stack_obs([info["final_obs"][i] for i in cut]))
-                final_values[cut] = model.value(final_obs)
-            storage.add(**{f"in/{k}": v for k, v in out.update_inputs.items()},
-                        action=out.action, log_prob=out.log_prob, value=out.value,
-                        reward=torch.as_tensor(reward, dtype=torch.float32, device=device),
-                        terminated=torch.as_tensor(terminated, device=device),
-                        truncated=torch.as_tensor(truncated, device=device), final_value=final_values,
-                        **chunked, **raw_state)
-            final_success = np.zeros(self.num_envs, dtype=bool)
-            if done.any():
-                final_success = np.asarray(info["final_info"].get("success", final_success), dtype=bool)
-            self.episodes.step(episode_reward, done, final_success, steps)
-            model_time += t1 - t0 + time.perf_counter() - t2
-            env_time += t2 - t1
+
+        def act_and_send(group: int) -> Dict[str, Any]:
+            part = groups[group]
+            acted = self._act(model, {k: v[part] for k, v in self.next_obs.items()}, update_state_stats)
+            if self.overlap:
+                self.guarded(self.envs.groups[group].step_async, acted["actions"])
+            return acted
+
+        t0 = time.perf_counter()
+        pending = [act_and_send(group) for group in range(len(groups))]
+        model_time += time.perf_counter() - t0
+        for t in range(storage.num_steps):
+            fields: List[Dict[str, torch.Tensor]] = []
+            episodes = []
+            for group, part in enumerate(groups):
+                t1 = time.perf_counter()
+                if self.overlap:
+                    result = self.guarded(self.envs.groups[group].step_wait)
+                else:
+                    result = self.guarded(self.envs.step, pending[group]["actions"])
+                t2 = time.perf_counter()
+                self.next_obs = set_obs_slice(self.next_obs, result[0], part)
+                transition = self._transition(model, result, device)
+                fields.append({**pending[group]["stored"], **transition["stored"]})
+                episodes.append(transition["episode"])
+                if self.overlap and t + 1 < storage.num_steps:
+                    pending[group] = act_and_send(group)  # infers while the other group's workers step
+                model_time += time.perf_counter() - t2
+                env_time += t2 - t1
+            storage.add(**{key: torch.cat([f[key] for f in fields]) for key in fields[0]})
+            self.episodes.step(*(np.concatenate(parts) for parts in zip(*episodes)))
+            if not self.overlap and t + 1 < storage.num_steps:
+                t3 = time.perf_counter()
+                pending = [act_and_send(0)]
+                model_time += time.perf_counter() - t3
         self.consecutive_env_failures = 0
         return {"perf/env_seconds": env_time, "perf/inference_seconds": model_time}
 
-    def step_envs(self, actions: np.ndarray):
-        """``envs.step`` that survives a worker raising or dying (see the class docstring)."""
+    def guarded(self, call: Callable, *args):
+        """``call(*args)`` on the envs (step, step_async, step_wait), surviving a worker raising or dying (see
+        the class docstring)."""
         try:
-            return self.envs.step(actions)
+            return call(*args)
         except EnvContractError:  # the env breaks its contract: restarting it would only repeat that
             raise
         except Exception as error:  # a worker's exception, or a broken pipe from a killed worker
@@ -320,7 +377,8 @@ class Trainer:
             self.rollouts = RayRollouts(cfg, self.num_envs, self.episodes, self._warn, resume_hint, env_cfg)
         else:
             self.rollouts = EnvRunner(env_cfg, self.num_envs, cfg.seed, cfg.max_env_failures, self.episodes,
-                                      self._warn, resume_hint, self.action_chunk, self.algo.gamma)
+                                      self._warn, resume_hint, self.action_chunk, self.algo.gamma,
+                                      overlap=cfg.overlap_envs)
         obs_space, action_space = self.rollouts.observation_space, self.rollouts.action_space
         try:
             self.model = ActorCritic.from_config(cfg, obs_space, action_space).to(self.device)
