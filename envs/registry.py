@@ -96,12 +96,13 @@ def _worker_thunk(cfg, render_mode: Optional[str], vector_index: int, action_chu
 
 
 def make_vector_env(cfg, num_envs: int, render_mode: Optional[str] = None, autoreset: bool = True,
-                    action_chunk: int = 1, gamma: float = 1.0, first_index: int = 0) -> gym.vector.VectorEnv:
+                    action_chunk: int = 1, gamma: float = 1.0, first_index: int = 0,
+                    force_async: bool = False) -> gym.vector.VectorEnv:
     """``num_envs`` copies of ``make_env(cfg, action_chunk=..., gamma=...)``, with vector indices from
     ``first_index`` (``SplitVectorEnv``'s second group continues the first group's numbering).
 
     Async workers are started with ``forkserver`` (a robosuite camera env created in a ``fork``ed worker hung
-    on these machines); sync when ``num_envs == 1`` or ``cfg.vector_mode == "sync"``. Autoreset happens within
+    on these machines); sync when ``cfg.vector_mode == "sync"`` or ``num_envs == 1`` (unless ``force_async``). Autoreset happens within
     the step that ends an episode, with the final observation in ``info["final_obs"]`` so the trainer can
     bootstrap from V(final observation) on truncation. ``autoreset=False`` leaves resets to the caller
     (evaluation resets each finished env with the seed of its next episode).
@@ -111,7 +112,7 @@ def make_vector_env(cfg, num_envs: int, render_mode: Optional[str] = None, autor
     thunks = [_worker_thunk(cfg, render_mode, first_index + i, action_chunk, gamma) for i in range(num_envs)]
     mode = gym.vector.AutoresetMode
     autoreset_mode = mode.SAME_STEP if autoreset else mode.DISABLED
-    if num_envs == 1 or cfg.vector_mode == "sync":
+    if (num_envs == 1 and not force_async) or cfg.vector_mode == "sync":
         return gym.vector.SyncVectorEnv(thunks, autoreset_mode=autoreset_mode)
     return gym.vector.AsyncVectorEnv(thunks, context="forkserver", autoreset_mode=autoreset_mode, shared_memory=False)
 
@@ -144,7 +145,7 @@ class SplitVectorEnv:
         try:
             for part in self.slices:
                 self.groups.append(make_vector_env(cfg, part.stop - part.start, action_chunk=action_chunk,
-                                                   gamma=gamma, first_index=part.start))
+                                                   gamma=gamma, first_index=part.start, force_async=True))
         except BaseException:
             self.close()
             raise

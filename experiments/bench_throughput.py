@@ -12,8 +12,9 @@ For each configuration, side by side in one run on the same envs (the same prese
 - where the time goes per update: env stepping, the backbone's frozen stage, everything else of inference
   (observation tensors, trainable projection, action expert and value head), and the PPO update.
 
-Then, side by side: the trainer's torch threads (1 against one per core), and local rollouts against 1 and 2
-Ray rollout workers (distributed=ray on a local Ray instance). Prints a markdown report and writes it to
+Then, side by side: the trainer's torch threads (1 against one per core), one vector env against two env groups
+overlapping env stepping with inference (overlap_envs), and local rollouts against 1 and 2 Ray rollout workers
+(distributed=ray on a local Ray instance). Prints a markdown report and writes it to
 experiments/results/bench_throughput.md; ``--only`` runs print the report without writing it.
 """
 
@@ -77,6 +78,14 @@ CASES = [
 THREADS = ("state backbone, tabletop reach (8 sync envs)", [*STATE_TABLETOP, "num_envs=8", "algo.num_steps=64"])
 # Local rollouts against 1 and 2 Ray rollout workers, same 8 envs in all, alternating, twice.
 SCALING = [*STATE_TABLETOP, "num_envs=8", "algo.num_steps=128"]
+# overlap_envs=false against true, same envs, alternating, twice: the pixel-reach preset's model on 32 camera
+# envs, and robosuite Lift from state (slow env steps, cheap inference).
+OVERLAP = {
+    "towers, tabletop reach (preset model, 32 async envs)": ["experiment=tabletop_reach_towers", "num_envs=32",
+                                                             "algo.num_steps=16"],
+    "state backbone, robosuite Lift (state, 2 async envs)": ["env=robosuite_lift_state", "num_envs=2",
+                                                             "algo.num_steps=64", "algo.num_minibatches=4"],
+}
 SCALING_SETTINGS = {"local (distributed=none)": [],
                     "ray, 1 worker": ["distributed=ray", "distributed.num_workers=1"],
                     "ray, 2 workers": ["distributed=ray", "distributed.num_workers=2"]}
@@ -114,7 +123,8 @@ def measure_trainer(overrides: List[str], updates: int, run_dir: Path) -> Dict[s
             rows.append(metrics)
     finally:
         trainer.close()
-    mean = {key: float(np.mean([row[key] for row in rows])) for key in rows[0] if all(key in row for row in rows)}
+    mean = {key: float(np.mean([row[key] for row in rows])) for key in rows[0]
+            if all(row.get(key) is not None for row in rows)}  # None: e.g. no episode ended in the update
     mean["batch"] = float(trainer.batch_size)
     mean["rollout"] = mean["wall"] - mean["perf/update_seconds"]
     return mean
@@ -197,6 +207,17 @@ def main() -> None:
                 threads.setdefault(setting, []).append(trained["batch"] / trained["wall"])
             print(f"threads, {label}: " + ", ".join(f"{k} {np.mean(v):,.0f}/s" for k, v in threads.items()),
                   flush=True)
+        overlap: Dict[str, Dict[str, List[Dict[str, float]]]] = {}
+        if not args.only or "overlap" in args.only:
+            for label, overrides in OVERLAP.items():
+                steps = max(8, int(train_config(*QUIET, *overrides).algo.num_steps * args.scale))
+                for _ in range(2):
+                    for setting in ("overlap_envs=false", "overlap_envs=true"):
+                        trained = measure_trainer([*overrides, f"algo.num_steps={steps}", setting], 1,
+                                                  Path(tmp) / "overlap")
+                        overlap.setdefault(label, {}).setdefault(setting, []).append(trained)
+                        print(f"{label}, {setting}: rollout {trained['batch'] / trained['rollout']:,.0f}/s",
+                              flush=True)
         scaling: Dict[str, List[Dict[str, float]]] = {}
         if not args.no_ray and not args.only:
             import ray
@@ -212,13 +233,13 @@ def main() -> None:
                     print(f"{name}: rollout {trained['batch'] / trained['rollout']:,.0f}/s, "
                           f"training {trained['batch'] / trained['wall']:,.0f}/s", flush=True)
             ray.shutdown()
-    report = render(results, threads, scaling, args, time.perf_counter() - started, load_before, os.getloadavg()[0])
+    report = render(results, threads, overlap, scaling, args, time.perf_counter() - started, load_before, os.getloadavg()[0])
     print(report)
     if not args.only:
         RESULTS.write_text(report)
 
 
-def render(results, threads, scaling, args, seconds: float, load_before: float, load_after: float) -> str:
+def render(results, threads, overlap, scaling, args, seconds: float, load_before: float, load_after: float) -> str:
     command = "python experiments/bench_throughput.py" + (f" --scale {args.scale}" if args.scale != 1.0 else "")
     lines = [
         "# Training throughput against raw env throughput", "",
@@ -257,6 +278,23 @@ def render(results, threads, scaling, args, seconds: float, load_before: float, 
         for setting, runs in threads.items():
             lines.append(f"| {setting.split('=')[1]} | {np.mean(runs):,.0f} | "
                          f"{', '.join(f'{v:,.0f}' for v in runs)} |")
+    if overlap:
+        lines += ["", "Env stepping overlapped with inference (`overlap_envs=true`: two env groups half a step "
+                  "apart), side by side with one vector env; alternating, two runs each (means; steps/s):", "",
+                  "| configuration | rollout, one group | rollout, overlapped | ratio | env s, one group | "
+                  "inference s, one group | runs (one group; overlapped) |", "|---|---:|---:|---:|---:|---:|---|"]
+        for label, settings in overlap.items():
+            rates = {k: [t["batch"] / t["rollout"] for t in runs] for k, runs in settings.items()}
+            plain, over = rates["overlap_envs=false"], rates["overlap_envs=true"]
+            runs = settings["overlap_envs=false"]
+            lines.append(f"| {label} | {np.mean(plain):,.0f} | {np.mean(over):,.0f} | "
+                         f"{np.mean(over) / np.mean(plain):.2f}x | "
+                         f"{np.mean([t['perf/env_seconds'] for t in runs]):.2f} | "
+                         f"{np.mean([t['perf/inference_seconds'] for t in runs]):.2f} | "
+                         f"{', '.join(f'{v:,.0f}' for v in plain)}; {', '.join(f'{v:,.0f}' for v in over)} |")
+        lines += ["", "Overlap can at best hide the shorter of env stepping and inference behind the longer, and "
+                  "only where a core is free to run both at once: with envs in worker processes and one "
+                  "inference thread, the 2 cores here bound the gain."]
     if scaling:
         lines += ["", "Rollout workers, side by side: state backbone on tabletop reach, 8 envs in all (split "
                   "between the workers, each stepping its envs in-process), one local Ray instance; "
