@@ -16,6 +16,14 @@ from vla.backbones.base import Tokens
 from vla.nn import init_layer, mlp, pool_tokens
 
 
+def diagonal_gaussian(mean: torch.Tensor, log_std: torch.Tensor) -> Independent:
+    """Independent Normals over the last dimension. Argument validation is off: it checks every rollout step's
+    and minibatch's parameters on the CPU (a tenth of a small PPO update's time), and non-finite inputs are
+    caught before they reach the networks (``ActorCritic.to_tensors``) and non-finite weights before any
+    checkpoint (``Trainer.save``)."""
+    return Independent(Normal(mean, log_std.exp(), validate_args=False), 1, validate_args=False)
+
+
 class GaussianMLPExpert(nn.Module):
     def __init__(self, cfg, token_dim: int, state_dim: int, action_dim: int):
         super().__init__()
@@ -42,5 +50,5 @@ class GaussianMLPExpert(nn.Module):
         mean = self.mean(features)
         log_std = self.log_std(features) if self.state_dependent_std else self.log_std.expand_as(mean)
         log_std = log_std.clamp(self.log_std_min, self.log_std_max)
-        dist = Independent(Normal(mean, log_std.exp()), 1)
+        dist = diagonal_gaussian(mean, log_std)
         return (dist, features) if return_features else dist

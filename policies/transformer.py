@@ -15,8 +15,8 @@ from typing import Optional
 
 import torch
 from torch import nn
-from torch.distributions import Independent, Normal
 
+from policies.gaussian import diagonal_gaussian
 from vla.backbones.base import Tokens
 from vla.errors import ConfigError
 from vla.nn import init_layer
@@ -74,5 +74,5 @@ class GaussianTransformerExpert(nn.Module):
         else:
             log_std = self.log_std[:executed].expand_as(mean)
         log_std = log_std.clamp(self.log_std_min, self.log_std_max)
-        dist = Independent(Normal(mean, log_std.exp()), 1)
+        dist = diagonal_gaussian(mean, log_std)
         return (dist, actions[:, 0]) if return_features else dist

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Dict, Optional
+from types import SimpleNamespace
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
+from omegaconf import DictConfig, OmegaConf
 from torch.distributions import kl_divergence
 
 from vla.actor_critic import ActorCritic
@@ -126,19 +128,30 @@ def frozen_copy(model: ActorCritic) -> ActorCritic:
     return reference
 
 
+def fused_adam_supported(parameters: List[torch.Tensor]) -> bool:
+    """Adam's fused kernel (one call per step for all tensors, instead of a few small ops per tensor: a quarter
+    of a small PPO update's optimizer time on the CPU) takes floating-point tensors on the CPU or CUDA."""
+    return bool(parameters) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in parameters)
+
+
 class PPO:
     def __init__(self, cfg, model: ActorCritic, reference: Optional[ActorCritic] = None):
         """``reference``: the frozen initial policy (``frozen_copy``) that ``cfg.init_kl_coef`` pulls towards."""
-        self.cfg = cfg
+        # Plain attributes: the update reads a dozen hyperparameters per minibatch, and an OmegaConf lookup costs
+        # more than a small network's forward pass.
+        self.cfg = SimpleNamespace(**OmegaConf.to_container(cfg, resolve=True)) if isinstance(cfg, DictConfig) \
+            else cfg
+        cfg = self.cfg
         self.model = model
         self.reference = reference
         value_lr = cfg.value_learning_rate if cfg.value_learning_rate is not None else cfg.learning_rate
+        actor, critic = model.actor_parameters(), model.critic_parameters()
         self.optimizer = torch.optim.Adam(
             [
-                {"params": model.actor_parameters(), "lr": cfg.learning_rate, "name": "actor"},
-                {"params": model.critic_parameters(), "lr": value_lr, "name": "critic"},
+                {"params": actor, "lr": cfg.learning_rate, "name": "actor"},
+                {"params": critic, "lr": value_lr, "name": "critic"},
             ],
-            eps=cfg.adam_eps,
+            eps=cfg.adam_eps, fused=fused_adam_supported(actor + critic) or None,
         )
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
 
