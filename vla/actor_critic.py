@@ -25,6 +25,15 @@ from vla.normalize import RunningMeanStd
 FROZEN_PREFIX = "frozen/"
 
 
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A numpy batch as a tensor on ``device``. To a GPU through pinned (page-locked) memory with a non-blocking
+    copy: the transfer is a DMA that does not stall the host, and the kernels that read it queue behind it on
+    the same stream."""
+    if device.type != "cuda":
+        return torch.as_tensor(array, device=device)
+    return torch.from_numpy(np.ascontiguousarray(array)).pin_memory().to(device, non_blocking=True)
+
+
 @dataclass
 class ActOutput:
     action: torch.Tensor  # (B, A) normalized action sample (or mean when deterministic)
@@ -139,7 +148,7 @@ class ActorCritic(nn.Module):
                 ids = [self.instruction_id(text) for text in value]
                 out["instruction_id"] = torch.as_tensor(ids, dtype=torch.long, device=device)
             elif isinstance(value, np.ndarray):
-                out[key] = torch.as_tensor(value, device=device)
+                out[key] = to_device(value, device)
         state = out["state"].float()
         finite = torch.isfinite(state).all(dim=-1)
         if not bool(finite.all()):
