@@ -63,7 +63,8 @@ class RobosuiteEnv(gym.Env):
 
     Observation: ``state`` (robot proprio, plus object state with ``use_object_obs``), camera images (the
     first camera as ``image``, further ones as ``<camera>_image``, uint8 HxWx3 the right way up) and
-    ``instruction``. Actions: robosuite's own (OSC_POSE: 6 end-effector deltas and the gripper, in [-1, 1]).
+    ``instruction``; with ``privileged_obs`` also ``privileged``, the task's object state (for an asymmetric
+    critic). Actions: robosuite's own (OSC_POSE: 6 end-effector deltas and the gripper, in [-1, 1]).
     robosuite reports its horizon as ``done``: here that is ``truncated``; ``terminated`` is a real end (Wipe
     stops on collisions or joint limits). ``info["success"]`` is the task's own ``_check_success()``.
     ``reset(seed=...)`` reseeds robosuite's generator (object placement, robot initial noise) from the env's
@@ -75,6 +76,7 @@ class RobosuiteEnv(gym.Env):
     def __init__(self, task: str = "Lift", robot: str = "Panda", controller: str = "OSC_POSE",
                  control_freq: int = 20, horizon: int = 500, reward_shaping: bool = True, use_camera: bool = True,
                  cameras: Sequence[str] = ("agentview",), camera_size: int = 84, use_object_obs: bool = True,
+                 privileged_obs: bool = False,
                  fast_render: bool = True, hard_reset: bool = False, video_camera: str = "frontview",
                  video_size: int = 256, instruction_mode: str = "sample", render_mode: Optional[str] = None):
         import robosuite
@@ -97,7 +99,8 @@ class RobosuiteEnv(gym.Env):
                 task, robots=robot, controller_configs=controller_config(robot, controller),
                 has_renderer=False, has_offscreen_renderer=use_camera or render_mode == "rgb_array",
                 use_camera_obs=use_camera, camera_names=self.cameras or "agentview",  # a name, unused w/o camera
-                camera_heights=camera_size, camera_widths=camera_size, use_object_obs=use_object_obs,
+                camera_heights=camera_size, camera_widths=camera_size,
+                use_object_obs=use_object_obs or privileged_obs,
                 reward_shaping=reward_shaping, control_freq=control_freq, horizon=horizon, hard_reset=hard_reset,
                 ignore_done=False,
             )
@@ -112,6 +115,7 @@ class RobosuiteEnv(gym.Env):
         self._state_keys = [f"{self._env.robots[0].robot_model.naming_prefix}proprio-state"]
         if use_object_obs:
             self._state_keys.append("object-state")
+        self.privileged_obs = privileged_obs
         self._fast_render_context = None
         self._instruction = TASK_INSTRUCTIONS[task][0]
 
@@ -124,6 +128,9 @@ class RobosuiteEnv(gym.Env):
             observation[camera_image_key(camera, index)] = spaces.Box(0, 255, (camera_size, camera_size, 3), np.uint8)
         longest = max(len(text) for text in TASK_INSTRUCTIONS[task])
         observation["instruction"] = spaces.Text(longest, charset="abcdefghijklmnopqrstuvwxyz ")
+        if privileged_obs:
+            size = int(np.prod(spec["object-state"].shape))
+            observation["privileged"] = spaces.Box(-np.inf, np.inf, shape=(size,), dtype=np.float32)
         self.observation_space = spaces.Dict(observation)
 
     # The raw MuJoCo structures, for envs.wrappers.Snapshot (properties: a hard reset replaces the simulation).
@@ -180,6 +187,8 @@ class RobosuiteEnv(gym.Env):
             # robosuite's offscreen images are upside down (OpenGL's origin is the bottom-left corner).
             observation[camera_image_key(camera, index)] = np.ascontiguousarray(raw[f"{camera}_image"][::-1])
         observation["instruction"] = self._instruction
+        if self.privileged_obs:
+            observation["privileged"] = raw["object-state"].astype(np.float32)
         return observation
 
     # ----------------------------------------------------------------------------------- exact-resume state
@@ -232,6 +241,7 @@ def build_robosuite_env(cfg, render_mode: Optional[str]) -> gym.Env:
         task=cfg.task, robot=cfg.robot, controller=cfg.controller, control_freq=cfg.control_freq,
         horizon=cfg.horizon, reward_shaping=cfg.reward_shaping, use_camera=cfg.use_camera,
         cameras=list(cfg.cameras), camera_size=cfg.camera_size, use_object_obs=cfg.use_object_obs,
+        privileged_obs=cfg.privileged_obs,
         fast_render=cfg.fast_render, hard_reset=cfg.hard_reset, video_camera=cfg.video_camera,
         video_size=cfg.video_size, instruction_mode=cfg.instruction_mode, render_mode=render_mode,
     )

@@ -112,6 +112,16 @@ def test_checkpoint_for_another_backbone_or_action_space_is_refused(trained_run,
     assert (trained_run / "checkpoints" / "latest").read_text().strip() == "update_000004"
 
 
+def test_refused_resume_names_the_command_the_run_was_launched_with(trained_run, tmp_path):
+    run_dir = _copy(trained_run, tmp_path)
+    (run_dir / ".hydra").mkdir(exist_ok=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- env=reacher\n- policy.hidden_sizes=[64,64]\n- resume=old\n")
+    with pytest.raises(ckpt.CheckpointError, match="does not fit this model") as info:
+        Trainer(train_config(*TINY, "env=pusher", f"resume={run_dir}"), tmp_path / "run")
+    assert f"continue it with `vla-train env=reacher 'policy.hidden_sizes=[64,64]' resume={run_dir}`" \
+        in str(info.value)
+
+
 # ---------------------------------------------------------------------------------------- env contract
 def _camera_env(**kwargs):
     inline = ", ".join(f"{key}: {value}" for key, value in kwargs.items())

@@ -34,7 +34,8 @@ def run_expert(env, expert, max_steps: int):
 # --------------------------------------------------------------------------------- Lift with a camera
 @pytest.fixture(scope="module")
 def camera_env():
-    env = make_env(env_config("lift", "horizon=40", "instruction_mode=fixed"), render_mode="rgb_array")
+    env = make_env(env_config("lift", "horizon=40", "instruction_mode=fixed", "privileged_obs=true"),
+                   render_mode="rgb_array")
     yield env
     env.close()
 
@@ -45,8 +46,13 @@ def test_gymnasium_check_env_passes(camera_env):
 
 def test_observations_follow_the_env_contract_with_upright_images(camera_env):
     obs, info = camera_env.reset(seed=0)
-    assert set(obs) == {"state", "image", "instruction"}
-    assert obs["state"].dtype == np.float32 and obs["state"].ndim == 1
+    assert set(obs) == {"state", "image", "instruction", "privileged"}
+    assert obs["state"].dtype == np.float32 and obs["state"].shape == (50,)  # proprio only: no object state
+    # The object state, for the critic only: cube position (on the table, about 0.83 m up), quaternion, and
+    # its offset from the gripper.
+    privileged = obs["privileged"]
+    assert privileged.dtype == np.float32 and privileged.shape == (10,)
+    assert 0.8 < privileged[2] < 0.86 and np.linalg.norm(privileged[3:7]) == pytest.approx(1.0, abs=1e-4)
     image = obs["image"]
     assert image.dtype == np.uint8 and image.shape == (84, 84, 3)
     # agentview looks at the white table from the front, the robot behind it: the table fills the bottom

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 import time
 from collections import deque
@@ -69,6 +70,18 @@ def set_obs_slice(full: Dict[str, Any], part: Dict[str, Any], where: slice) -> D
         else:
             merged[key] = np.concatenate([value[:where.start], part[key], value[where.stop:]])
     return merged
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that continues ``run_dir``: the overrides it was launched with (hydra's
+    ``.hydra/overrides.yaml`` in the run directory) plus ``resume=<run_dir>``."""
+    overrides: List[str] = []
+    try:
+        launched = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+        overrides = [str(item) for item in launched if not str(item).startswith(("resume=", "hydra."))]
+    except Exception:  # no (readable) hydra record, e.g. a run made through the Python API
+        pass
+    return " ".join(shlex.quote(part) for part in ["vla-train", *overrides, f"resume={run_dir}"])
 
 
 class EpisodeTracker:
@@ -370,7 +383,7 @@ class Trainer:
 
         self.episodes = EpisodeTracker(self.num_envs)
         resume_hint = (f"The last checkpoint in {self.checkpoint_root} is intact; fix the env and resume with "
-                       f"resume={self.run_dir}")
+                       f"`{resume_command(self.run_dir)}`")
         if distributed.name == "ray":
             from vla.distributed import RayRollouts
 
@@ -430,6 +443,12 @@ class Trainer:
             self.logger.message(f"WARNING: eval.heldout=true with env.split={cfg.env.split}: training sees the "
                                 "held-out colours and paraphrases too; train with env.split=train to measure "
                                 "generalization")
+        if cfg.env.kind == "robosuite" and cfg.env.terminate_on_success and cfg.env.reward_shaping:
+            self.logger.message("WARNING: env.terminate_on_success=true with robosuite's shaped reward: its rewards "
+                                "are positive, so ending the episode on success gives up the reward that staying "
+                                "near the goal keeps earning, and PPO can learn not to finish; train with "
+                                "env.terminate_on_success=false (robosuite's convention, as "
+                                "experiment=robosuite_lift_state does)")
         if self.curriculum is not None:
             last = len(self.curriculum.stages) - 1
             self.logger.message(f"curriculum: stage {self.curriculum.stage} (stages 0-{last}): "
@@ -552,7 +571,7 @@ class Trainer:
                     self.save()
             if self.stop_signal is not None:
                 self.logger.message(f"stopped by {signal.Signals(self.stop_signal).name} at env step "
-                                    f"{self.global_step}; resume with resume={self.run_dir}")
+                                    f"{self.global_step}; resume with `{resume_command(self.run_dir)}`")
             elif self.cfg.eval.at_end and self.cfg.eval.episodes > 0:
                 self.final_report = self.evaluate("final", record=self.cfg.eval.video_episodes)
                 self.keep_if_best(self.final_report)
@@ -723,8 +742,12 @@ class Trainer:
         if state.get("algo", "ppo") != "ppo":
             raise ckpt.CheckpointError(f"checkpoint {loaded['path']} was written by algo={state['algo']}; resume= "
                                        f"continues PPO runs: start PPO from it with init_from={loaded['path']}")
-        ckpt.check_compatible(state, backbone_identity=self.model.backbone.identity(), state_dim=self.state_dim,
-                              action_dim=self.action_dim, path=loaded["path"])
+        try:
+            ckpt.check_compatible(state, backbone_identity=self.model.backbone.identity(),
+                                  state_dim=self.state_dim, action_dim=self.action_dim, path=loaded["path"])
+        except ckpt.CheckpointError as error:
+            raise ckpt.CheckpointError(f"{error} The run was launched with other settings: continue it with "
+                                       f"`{resume_command(self.run_dir)}`") from None
         self.model.load_trainable_state_dict(loaded["weights"], str(loaded["path"]))
         if self.ppo.reference is not None:
             # A run that had no KL term until now keeps the policy it resumes from as its reference.
