@@ -169,6 +169,26 @@ def test_towers_image_tokens_have_the_configured_spatial_size(image_size, stride
     assert not backbone.is_trainable and backbone.identity()["image_feature_stride"] == str(stride)
 
 
+def test_bfloat16_towers_cache_bfloat16_features_close_to_float32_and_project_in_float32(towers_model):
+    env = ImageInstructionEnv(image_size=32)
+    half = actor_critic(env, "backbone=towers", "backbone.hidden_size=32", "backbone.dtype=bfloat16")
+    full = copy.deepcopy(towers_model)
+    half.backbone.projection.load_state_dict(full.backbone.projection.state_dict())
+    obs = batch_obs(env, 4)
+    with torch.no_grad():
+        features = {name: model.encode_frozen(model.to_tensors(obs)) for name, model in
+                    (("half", half), ("full", full))}
+        tokens = half.backbone.project(features["half"])
+    assert features["half"]["image"].dtype == torch.bfloat16 and tokens.hidden.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in half.backbone.projection.parameters())
+    similarity = torch.nn.functional.cosine_similarity(features["half"]["image"].float().flatten(1),
+                                                       features["full"]["image"].flatten(1))
+    assert similarity.min() > 0.99, similarity
+    assert half.backbone.identity()["dtype"] == "bfloat16" and "dtype" not in full.backbone.identity()
+    with pytest.raises(ConfigError, match="backbone.dtype=bfloat16 with LoRA adapters"):
+        actor_critic(env, "backbone=towers", "backbone.dtype=bfloat16", "backbone.lora.rank=2")
+
+
 def test_towers_encode_each_distinct_instruction_once(towers_model):
     model = copy.deepcopy(towers_model)
     model.instruction_ids, model.backbone.instruction_texts = {}, []

@@ -56,6 +56,31 @@ def test_bc_loss_falls_on_a_fixed_batch_with_cached_tower_features_and_action_ch
     trainer.logger.close()
 
 
+def test_bc_trains_the_auxiliary_privileged_head_beside_the_nll(tmp_path):
+    path = tmp_path / "push.hdf5"
+    record_demos(demos_config("env=tabletop_push", "env.privileged_obs=true", "episodes=2", "valid_fraction=0",
+                              "progress=false"), path)
+    cfg = train_config("env=tabletop_push", "env.privileged_obs=true", "algo=bc", f"dataset={path}",
+                       "backbone=towers", "backbone.hidden_size=32", "backbone.grounding_heads=2",
+                       "algo.privileged_aux_coef=1.0", "algo.privileged_aux_source=first_token",
+                       "algo.learning_rate=3e-3", "algo.steps_per_update=25", "progress=false")
+    trainer = BCTrainer(cfg, tmp_path / "run")
+    assert "privileged" in trainer.train_data["inputs"]  # the demos' object and zone positions, normalized
+    head = trainer.model.privileged_aux
+    assert any(p is head.weight for p in trainer.model.actor_parameters())  # the optimizer trains it
+    before = head.weight.detach().clone()
+    metrics = trainer.train_one_update()
+    assert metrics["losses/privileged_aux"] > 0 and not torch.equal(head.weight, before)
+    batch = torch.arange(16)
+    trainer.losses(trainer.train_data, batch)
+    first = trainer.model.aux_loss.item()
+    for _ in range(3):
+        trainer.train_one_update()
+    trainer.losses(trainer.train_data, batch)
+    assert trainer.model.aux_loss.item() < 0.5 * first
+    trainer.logger.close()
+
+
 def test_action_chunk_targets_are_the_next_actions_masked_past_the_demo_end():
     actions = np.arange(8, dtype=np.float32).reshape(4, 2)  # 4 steps of 2-d actions
     demo = Demo(obs={"state": np.zeros((4, 3), np.float32)}, actions=actions, rewards=np.zeros(4),

