@@ -57,16 +57,21 @@ def test_report_of_a_scripted_policy_matches_the_env():
     for row in rows:  # replay each episode by hand in a fresh env with the same seed
         env = make_env(cfg)
         obs, info = env.reset(seed=123 + row["episode"])
-        policy, total, steps, done = ScriptedReacher(), 0.0, 0, False
+        policy, total, steps, done, first_success = ScriptedReacher(), 0.0, 0, False, None
         while not done:
             action = policy.act(policy.to_tensors({"state": obs["state"][None]})).action[0].numpy()
             obs, reward, terminated, truncated, info = env.step(action)
             total, steps, done = total + reward, steps + 1, terminated or truncated
+            if info["success"] and first_success is None:
+                first_success = steps
         assert row["length"] == steps and math.isclose(row["return"], total, rel_tol=1e-6)
         assert row["success"] == info["success"]
+        # Reacher runs to its time limit: success is first reached well before the episode ends.
+        assert row["first_success_step"] == first_success and (first_success is None or first_success < steps)
     report = build_report(rows, checkpoint={}, config={}, deterministic=True, seed=123)
     assert report["success_rate"] == np.mean([r["success"] for r in rows])
     assert report["success_rate"] > 0.5  # the scripted controller reaches the target: success is reachable
+    assert report["first_success_step_mean"] == np.mean([r["first_success_step"] for r in rows if r["success"]])
     assert report["per_task"][0]["task"] == "Reacher-v5" and report["per_task"][0]["episodes"] == 6
 
 

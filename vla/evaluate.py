@@ -75,6 +75,9 @@ def run_episodes(model: ActorCritic, env_cfg, episodes: int, seed: int, num_envs
         assigned = list(range(num_envs))  # episode index each env is running (>= episodes: a throwaway)
         next_episode = num_envs
         returns, lengths = np.zeros(num_envs), np.zeros(num_envs, dtype=np.int64)
+        # Env steps to the first step with info["success"] (-1: none yet): the time a task that does not end
+        # on success (robosuite Lift holding the cube up to the horizon) took to get there.
+        first_success = np.full(num_envs, -1, dtype=np.int64)
         instructions = _instructions(obs, num_envs)
         tasks = _tasks(info, env_cfg, num_envs)
         bar = tqdm(total=episodes, desc="eval", unit="ep", disable=not progress, dynamic_ncols=True)
@@ -88,10 +91,11 @@ def run_episodes(model: ActorCritic, env_cfg, episodes: int, seed: int, num_envs
             steps, reward = chunk_stats(info, reward)  # an action chunk: its env steps and undiscounted reward
             returns += reward
             lengths += steps
+            success = np.asarray(info.get("success", np.zeros(num_envs, dtype=bool)), dtype=bool)
+            first_success[success & (first_success < 0)] = lengths[success & (first_success < 0)]
             done = terminated | truncated
             if not done.any():
                 continue
-            success = np.asarray(info.get("success", np.zeros(num_envs, dtype=bool)), dtype=bool)
             reset_seeds: List[Optional[int]] = [None] * num_envs
             for i in np.flatnonzero(done):
                 episode = assigned[i]
@@ -99,13 +103,14 @@ def run_episodes(model: ActorCritic, env_cfg, episodes: int, seed: int, num_envs
                     rows[episode] = {
                         "episode": episode, "seed": seed + episode, "success": bool(success[i]),
                         "length": int(lengths[i]), "return": float(returns[i]),
+                        "first_success_step": int(first_success[i]) if first_success[i] >= 0 else None,
                         "terminated": bool(terminated[i]), "task": tasks[i], "instruction": instructions[i],
                     }
                     bar.update(1)
                 assigned[i] = next_episode
                 reset_seeds[i] = seed + next_episode
                 next_episode += 1
-                returns[i], lengths[i] = 0.0, 0
+                returns[i], lengths[i], first_success[i] = 0.0, 0, -1
             obs, info = envs.reset(seed=reset_seeds, options={"reset_mask": done})
             new_instructions, new_tasks = _instructions(obs, num_envs), _tasks(info, env_cfg, num_envs)
             for i in np.flatnonzero(done):
@@ -150,6 +155,8 @@ def summarize(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     n = len(rows)
     successes = sum(r["success"] for r in rows)
     successful_lengths = [r["length"] for r in rows if r["success"]]
+    # Of the successful episodes: the step success was first reached (their length, when success ends them).
+    first_success = [r["first_success_step"] for r in rows if r["success"] and r.get("first_success_step")]
     low, high = wilson_interval(successes, n)
     return {
         "episodes": n,
@@ -157,6 +164,7 @@ def summarize(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
         "success_ci95": [low, high],
         "episode_length_mean": float(np.mean([r["length"] for r in rows])) if n else 0.0,
         "episode_length_success_mean": float(np.mean(successful_lengths)) if successful_lengths else None,
+        "first_success_step_mean": float(np.mean(first_success)) if first_success else None,
         "episode_return_mean": float(np.mean([r["return"] for r in rows])) if n else 0.0,
         "episode_return_std": float(np.std([r["return"] for r in rows])) if n else 0.0,
     }
@@ -207,6 +215,7 @@ def report_scalars(report: Dict[str, Any]) -> Dict[str, Optional[float]]:
             f"{prefix}/success_ci95_high": section["success_ci95"][1],
             f"{prefix}/episode_length": section["episode_length_mean"],
             f"{prefix}/episode_length_success": section["episode_length_success_mean"],
+            f"{prefix}/first_success_step": section["first_success_step_mean"],
             f"{prefix}/episode_return": section["episode_return_mean"],
         })
     return scalars
@@ -216,10 +225,13 @@ def _section_markdown(section: Dict[str, Any]) -> List[str]:
     """Success rate, length and return lines, then the per-task and per-instruction tables."""
     low, high = section["success_ci95"]
     length_success = section["episode_length_success_mean"]
+    first_success = section.get("first_success_step_mean")
     lines = [
         f"- **success rate: {section['success_rate']:.1%}** (95% Wilson interval {low:.1%} to {high:.1%})",
         f"- episode length: {section['episode_length_mean']:.1f} mean"
-        + (f", {length_success:.1f} over successful episodes" if length_success is not None else ""),
+        + (f", {length_success:.1f} over successful episodes" if length_success is not None else "")
+        + (f"; success first reached at step {first_success:.1f} (successful episodes, mean)"
+           if first_success is not None else ""),
         f"- episode return: {section['episode_return_mean']:.2f} mean (std {section['episode_return_std']:.2f})",
         "",
         "| task | episodes | success rate | 95% CI | length | return |",
