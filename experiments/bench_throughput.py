@@ -13,7 +13,8 @@ For each configuration, side by side in one run on the same envs (the same prese
   (observation tensors, trainable projection, action expert and value head), and the PPO update.
 
 Then, side by side: the trainer's torch threads (1 against one per core), one vector env against two env groups
-overlapping env stepping with inference (overlap_envs), and local rollouts against 1 and 2 Ray rollout workers
+overlapping env stepping with inference (overlap_envs), the frozen towers in float32 against bfloat16
+(backbone.dtype), and local rollouts against 1 and 2 Ray rollout workers
 (distributed=ray on a local Ray instance). Prints a markdown report and writes it to
 experiments/results/bench_throughput.md; ``--only`` runs print the report without writing it.
 """
@@ -28,7 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 REPO = Path(__file__).resolve().parent.parent
@@ -78,14 +79,37 @@ CASES = [
 THREADS = ("state backbone, tabletop reach (8 sync envs)", [*STATE_TABLETOP, "num_envs=8", "algo.num_steps=64"])
 # Local rollouts against 1 and 2 Ray rollout workers, same 8 envs in all, alternating, twice.
 SCALING = [*STATE_TABLETOP, "num_envs=8", "algo.num_steps=128"]
-# overlap_envs=false against true, same envs, alternating, twice: the pixel-reach preset's model on 32 camera
-# envs, and robosuite Lift from state (slow env steps, cheap inference).
-OVERLAP = {
-    "towers, tabletop reach (preset model, 32 async envs)": ["experiment=tabletop_reach_towers", "num_envs=32",
-                                                             "algo.num_steps=16"],
-    "state backbone, robosuite Lift (state, 2 async envs)": ["env=robosuite_lift_state", "num_envs=2",
-                                                             "algo.num_steps=64", "algo.num_minibatches=4"],
-}
+
+
+@dataclass
+class Comparison:
+    """One setting side by side with its default on the same envs: alternating, two runs each."""
+
+    title: str
+    key: str  # the override compared
+    values: Tuple[str, str]  # (default, candidate)
+    configs: Dict[str, List[str]]  # label -> overrides
+    note: str
+
+
+PRESET_TOWERS = ["experiment=tabletop_reach_towers", "num_envs=32", "algo.num_steps=16"]
+COMPARISONS = [
+    Comparison(
+        "Env stepping overlapped with inference (`overlap_envs=true`: two env groups half a step apart), side by "
+        "side with one vector env", "overlap_envs", ("false", "true"),
+        {"towers, tabletop reach (preset model, 32 async envs)": PRESET_TOWERS,
+         "state backbone, robosuite Lift (state, 2 async envs)": ["env=robosuite_lift_state", "num_envs=2",
+                                                                  "algo.num_steps=64", "algo.num_minibatches=4"]},
+        "Overlap can at best hide the shorter of env stepping and inference behind the longer, and only where a "
+        "core is free to run both at once: with envs in worker processes and one inference thread, the 2 cores "
+        "here bound the gain."),
+    Comparison(
+        "The frozen towers in bfloat16 (`backbone.dtype=bfloat16`), side by side with float32", "backbone.dtype",
+        ("float32", "bfloat16"),
+        {"towers, tabletop reach (preset model, 32 async envs)": PRESET_TOWERS},
+        "This CPU has AVX-512 BF16 instructions (`lscpu` flag avx512_bf16), which the bfloat16 convolutions and "
+        "matrix products use; the trainable layers, the heads and the update stay float32."),
+]
 SCALING_SETTINGS = {"local (distributed=none)": [],
                     "ray, 1 worker": ["distributed=ray", "distributed.num_workers=1"],
                     "ray, 2 workers": ["distributed=ray", "distributed.num_workers=2"]}
@@ -186,7 +210,8 @@ def percent(part: float, whole: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the rollout length of every case")
-    parser.add_argument("--only", default=None, help="run only the cases whose label contains this text")
+    parser.add_argument("--only", default=None, help="run only the cases whose label contains this text, or "
+                        "the comparison of the setting named (overlap_envs, backbone.dtype)")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray scaling measurement")
     args = parser.parse_args()
     started, load_before = time.perf_counter(), os.getloadavg()[0]
@@ -207,15 +232,19 @@ def main() -> None:
                 threads.setdefault(setting, []).append(trained["batch"] / trained["wall"])
             print(f"threads, {label}: " + ", ".join(f"{k} {np.mean(v):,.0f}/s" for k, v in threads.items()),
                   flush=True)
-        overlap: Dict[str, Dict[str, List[Dict[str, float]]]] = {}
-        if not args.only or "overlap" in args.only:
-            for label, overrides in OVERLAP.items():
+        compared: Dict[str, Dict[str, Dict[str, List[Dict[str, float]]]]] = {}
+        for comparison in COMPARISONS:
+            if args.only and args.only not in comparison.key:
+                continue
+            for label, overrides in comparison.configs.items():
                 steps = max(8, int(train_config(*QUIET, *overrides).algo.num_steps * args.scale))
                 for _ in range(2):
-                    for setting in ("overlap_envs=false", "overlap_envs=true"):
+                    for value in comparison.values:
+                        setting = f"{comparison.key}={value}"
                         trained = measure_trainer([*overrides, f"algo.num_steps={steps}", setting], 1,
-                                                  Path(tmp) / "overlap")
-                        overlap.setdefault(label, {}).setdefault(setting, []).append(trained)
+                                                  Path(tmp) / "compare")
+                        compared.setdefault(comparison.key, {}).setdefault(label, {}).setdefault(
+                            value, []).append(trained)
                         print(f"{label}, {setting}: rollout {trained['batch'] / trained['rollout']:,.0f}/s",
                               flush=True)
         scaling: Dict[str, List[Dict[str, float]]] = {}
@@ -233,13 +262,15 @@ def main() -> None:
                     print(f"{name}: rollout {trained['batch'] / trained['rollout']:,.0f}/s, "
                           f"training {trained['batch'] / trained['wall']:,.0f}/s", flush=True)
             ray.shutdown()
-    report = render(results, threads, overlap, scaling, args, time.perf_counter() - started, load_before, os.getloadavg()[0])
+    report = render(results, threads, compared, scaling, args, time.perf_counter() - started, load_before,
+                    os.getloadavg()[0])
     print(report)
     if not args.only:
         RESULTS.write_text(report)
 
 
-def render(results, threads, overlap, scaling, args, seconds: float, load_before: float, load_after: float) -> str:
+def render(results, threads, compared, scaling, args, seconds: float, load_before: float,
+           load_after: float) -> str:
     command = "python experiments/bench_throughput.py" + (f" --scale {args.scale}" if args.scale != 1.0 else "")
     lines = [
         "# Training throughput against raw env throughput", "",
@@ -278,23 +309,29 @@ def render(results, threads, overlap, scaling, args, seconds: float, load_before
         for setting, runs in threads.items():
             lines.append(f"| {setting.split('=')[1]} | {np.mean(runs):,.0f} | "
                          f"{', '.join(f'{v:,.0f}' for v in runs)} |")
-    if overlap:
-        lines += ["", "Env stepping overlapped with inference (`overlap_envs=true`: two env groups half a step "
-                  "apart), side by side with one vector env; alternating, two runs each (means; steps/s):", "",
-                  "| configuration | rollout, one group | rollout, overlapped | ratio | env s, one group | "
-                  "inference s, one group | runs (one group; overlapped) |", "|---|---:|---:|---:|---:|---:|---|"]
-        for label, settings in overlap.items():
+    for comparison in COMPARISONS:
+        if comparison.key not in compared:
+            continue
+        default, candidate = comparison.values
+        lines += ["", f"{comparison.title}; alternating, two runs each (means; rollout steps/s, seconds per "
+                  "update):", "",
+                  f"| configuration | rollout, {default} | rollout, {candidate} | ratio | env s, {default} | "
+                  f"inference s, {default} / {candidate} | frozen stage s, {default} / {candidate} | runs |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+        for label, settings in compared[comparison.key].items():
             rates = {k: [t["batch"] / t["rollout"] for t in runs] for k, runs in settings.items()}
-            plain, over = rates["overlap_envs=false"], rates["overlap_envs=true"]
-            runs = settings["overlap_envs=false"]
-            lines.append(f"| {label} | {np.mean(plain):,.0f} | {np.mean(over):,.0f} | "
-                         f"{np.mean(over) / np.mean(plain):.2f}x | "
-                         f"{np.mean([t['perf/env_seconds'] for t in runs]):.2f} | "
-                         f"{np.mean([t['perf/inference_seconds'] for t in runs]):.2f} | "
-                         f"{', '.join(f'{v:,.0f}' for v in plain)}; {', '.join(f'{v:,.0f}' for v in over)} |")
-        lines += ["", "Overlap can at best hide the shorter of env stepping and inference behind the longer, and "
-                  "only where a core is free to run both at once: with envs in worker processes and one "
-                  "inference thread, the 2 cores here bound the gain."]
+            mean = {k: {key: np.mean([t[key] for t in runs]) for key in ("perf/env_seconds",
+                                                                          "perf/inference_seconds", "frozen")}
+                    for k, runs in settings.items()}
+            lines.append(f"| {label} | {np.mean(rates[default]):,.0f} | {np.mean(rates[candidate]):,.0f} | "
+                         f"{np.mean(rates[candidate]) / np.mean(rates[default]):.2f}x | "
+                         f"{mean[default]['perf/env_seconds']:.2f} | "
+                         f"{mean[default]['perf/inference_seconds']:.2f} / "
+                         f"{mean[candidate]['perf/inference_seconds']:.2f} | "
+                         f"{mean[default]['frozen']:.2f} / {mean[candidate]['frozen']:.2f} | "
+                         f"{', '.join(f'{v:,.0f}' for v in rates[default])}; "
+                         f"{', '.join(f'{v:,.0f}' for v in rates[candidate])} |")
+        lines += ["", comparison.note]
     if scaling:
         lines += ["", "Rollout workers, side by side: state backbone on tabletop reach, 8 envs in all (split "
                   "between the workers, each stepping its envs in-process), one local Ray instance; "
