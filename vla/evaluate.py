@@ -92,7 +92,8 @@ def run_episodes(model: ActorCritic, env_cfg, episodes: int, seed: int, num_envs
             returns += reward
             lengths += steps
             success = np.asarray(info.get("success", np.zeros(num_envs, dtype=bool)), dtype=bool)
-            first_success[success & (first_success < 0)] = lengths[success & (first_success < 0)]
+            reached = success & (first_success < 0)
+            first_success[reached] = lengths[reached]
             done = terminated | truncated
             if not done.any():
                 continue
@@ -156,7 +157,8 @@ def summarize(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     successes = sum(r["success"] for r in rows)
     successful_lengths = [r["length"] for r in rows if r["success"]]
     # Of the successful episodes: the step success was first reached (their length, when success ends them).
-    first_success = [r["first_success_step"] for r in rows if r["success"] and r.get("first_success_step")]
+    first_success = [r["first_success_step"] for r in rows
+                     if r["success"] and r.get("first_success_step") is not None]
     low, high = wilson_interval(successes, n)
     return {
         "episodes": n,
