@@ -6,6 +6,7 @@ warnings), so registering this kind costs nothing for runs that never use it.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import gymnasium as gym
@@ -30,6 +31,12 @@ TASK_INSTRUCTIONS: Dict[str, Tuple[str, ...]] = {
     "Wipe": ("wipe the markings off the table", "clean the dirt off the table",
              "wipe the table clean"),
 }
+# Generalization splits (env.split): "all" and "train" are robosuite's tasks as they are; "heldout" exists for
+# Lift: a smaller cube, 15-18 mm half-size (the range robosuite's source keeps in a comment beside its 20-22 mm)
+# and an instruction paraphrase that training never uses.
+SPLITS = ("all", "train", "heldout")
+HELDOUT_CUBE_HALF_SIZE = (0.015, 0.018)
+HELDOUT_INSTRUCTIONS: Dict[str, Tuple[str, ...]] = {"Lift": ("raise the red block off the table",)}
 # Per-episode state of these tasks lives in Python and in model fields that mj_getState does not capture
 # (Wipe: which markers are wiped, their places and colours), so their snapshots are not exact.
 TASKS_WITHOUT_EXACT_SNAPSHOT = ("Wipe",)
@@ -40,6 +47,25 @@ INSTRUCTION_MODES = ("sample", "fixed")
 # Expensive visual effects that fast rendering turns off (about 3x faster offscreen rendering with llvmpipe).
 SLOW_RENDER_FLAGS = (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION,
                      mujoco.mjtRndFlag.mjRND_SKYBOX)
+
+
+@functools.lru_cache(maxsize=None)
+def heldout_lift_class():
+    """robosuite's Lift with the cube's half-size drawn from ``HELDOUT_CUBE_HALF_SIZE`` (registered with robosuite
+    as ``HeldoutLift``). Lift builds its cube inside ``_load_model``; the subclass swaps the size range there."""
+    from robosuite.environments.manipulation import lift
+
+    class HeldoutLift(lift.Lift):
+        def _load_model(self):
+            box = lift.BoxObject
+            low, high = HELDOUT_CUBE_HALF_SIZE
+            lift.BoxObject = lambda **kwargs: box(**{**kwargs, "size_min": [low] * 3, "size_max": [high] * 3})
+            try:
+                super()._load_model()
+            finally:
+                lift.BoxObject = box
+
+    return HeldoutLift
 
 
 def controller_config(robot: str, arm_controller: str) -> Dict[str, Any]:
@@ -78,7 +104,8 @@ class RobosuiteEnv(gym.Env):
                  cameras: Sequence[str] = ("agentview",), camera_size: int = 84, use_object_obs: bool = True,
                  privileged_obs: bool = False,
                  fast_render: bool = True, hard_reset: bool = False, video_camera: str = "frontview",
-                 video_size: int = 256, instruction_mode: str = "sample", render_mode: Optional[str] = None):
+                 video_size: int = 256, instruction_mode: str = "sample", render_mode: Optional[str] = None,
+                 split: str = "all"):
         import robosuite
 
         if task not in TASK_INSTRUCTIONS:
@@ -87,16 +114,22 @@ class RobosuiteEnv(gym.Env):
             raise ConfigError(f"env.instruction_mode={instruction_mode!r}; choose one of {list(INSTRUCTION_MODES)}")
         if render_mode not in (None, *self.metadata["render_modes"]):
             raise ConfigError(f"render_mode={render_mode!r}; choose one of {self.metadata['render_modes']} or None")
+        if split not in SPLITS:
+            raise ConfigError(f"env.split={split!r} is not supported; choose one of {list(SPLITS)}")
+        if split == "heldout" and task not in HELDOUT_INSTRUCTIONS:
+            raise ConfigError(f"env.split=heldout is defined for robosuite {list(HELDOUT_INSTRUCTIONS)}, not "
+                              f"{task}; use env.split=all (or evaluate without heldout)")
         if robot not in robosuite.ALL_ROBOTS:
             raise ConfigError(f"env.robot={robot!r} is not a robosuite robot; choose one of {robosuite.ALL_ROBOTS}")
         if use_camera and not cameras:
             raise ConfigError("env.cameras is empty but env.use_camera is true; name at least one camera")
-        self.task, self.instruction_mode, self.render_mode = task, instruction_mode, render_mode
+        self.task, self.instruction_mode, self.render_mode, self.split = task, instruction_mode, render_mode, split
+        self._paraphrases = HELDOUT_INSTRUCTIONS[task] if split == "heldout" else TASK_INSTRUCTIONS[task]
         self.cameras = list(cameras) if use_camera else []
         self.fast_render, self.video_camera, self.video_size = fast_render, video_camera, video_size
         try:
             self._env = robosuite.make(
-                task, robots=robot, controller_configs=controller_config(robot, controller),
+                heldout_lift_class().__name__ if split == "heldout" else task, robots=robot, controller_configs=controller_config(robot, controller),
                 has_renderer=False, has_offscreen_renderer=use_camera or render_mode == "rgb_array",
                 use_camera_obs=use_camera, camera_names=self.cameras or "agentview",  # a name, unused w/o camera
                 camera_heights=camera_size, camera_widths=camera_size,
@@ -117,7 +150,7 @@ class RobosuiteEnv(gym.Env):
             self._state_keys.append("object-state")
         self.privileged_obs = privileged_obs
         self._fast_render_context = None
-        self._instruction = TASK_INSTRUCTIONS[task][0]
+        self._instruction = self._paraphrases[0]
 
         low, high = self._env.action_spec
         self.action_space = spaces.Box(low.astype(np.float32), high.astype(np.float32))
@@ -126,7 +159,7 @@ class RobosuiteEnv(gym.Env):
         observation = {"state": spaces.Box(-np.inf, np.inf, shape=(state_size,), dtype=np.float32)}
         for index, camera in enumerate(self.cameras):
             observation[camera_image_key(camera, index)] = spaces.Box(0, 255, (camera_size, camera_size, 3), np.uint8)
-        longest = max(len(text) for text in TASK_INSTRUCTIONS[task])
+        longest = max(len(text) for text in TASK_INSTRUCTIONS[task] + HELDOUT_INSTRUCTIONS.get(task, ()))
         observation["instruction"] = spaces.Text(longest, charset="abcdefghijklmnopqrstuvwxyz ")
         if privileged_obs:
             size = int(np.prod(spec["object-state"].shape))
@@ -148,7 +181,7 @@ class RobosuiteEnv(gym.Env):
         # place makes the episode's initial state a function of np_random.
         episode_seed = int(self.np_random.integers(2**63))
         self._env.rng.bit_generator.state = np.random.PCG64(episode_seed).state
-        paraphrases = TASK_INSTRUCTIONS[self.task]
+        paraphrases = self._paraphrases
         self._instruction = paraphrases[self.np_random.integers(len(paraphrases))] \
             if self.instruction_mode == "sample" else paraphrases[0]
         raw = self._env.reset()
@@ -244,6 +277,7 @@ def build_robosuite_env(cfg, render_mode: Optional[str]) -> gym.Env:
         privileged_obs=cfg.privileged_obs,
         fast_render=cfg.fast_render, hard_reset=cfg.hard_reset, video_camera=cfg.video_camera,
         video_size=cfg.video_size, instruction_mode=cfg.instruction_mode, render_mode=render_mode,
+        split=cfg.get("split", "all"),  # absent in older checkpoints
     )
     return SuccessInfo(env, distance_fn=None, threshold=0.0, terminate_on_success=cfg.terminate_on_success)
 

@@ -6,6 +6,7 @@ log-probability is that of the unclipped sample (the standard PPO treatment, as 
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -22,6 +23,21 @@ def diagonal_gaussian(mean: torch.Tensor, log_std: torch.Tensor) -> Independent:
     caught before they reach the networks (``ActorCritic.to_tensors``) and non-finite weights before any
     checkpoint (``Trainer.save``)."""
     return Independent(Normal(mean, log_std.exp(), validate_args=False), 1, validate_args=False)
+
+
+def set_action_std(expert: nn.Module, std: float) -> None:
+    """Make ``expert``'s action std ``std`` in every action dimension (in normalized action units): fills a
+    state-independent ``log_std`` parameter, or zeroes a state-dependent head's weights and sets its bias."""
+    log_std = math.log(std)
+    if not expert.log_std_min <= log_std <= expert.log_std_max:
+        raise ValueError(f"action std {std} lies outside the policy's clamp [exp({expert.log_std_min}), "
+                         f"exp({expert.log_std_max})]")
+    with torch.no_grad():
+        if isinstance(expert.log_std, nn.Linear):
+            expert.log_std.weight.zero_()
+            expert.log_std.bias.fill_(log_std)
+        else:
+            expert.log_std.fill_(log_std)
 
 
 class GaussianMLPExpert(nn.Module):

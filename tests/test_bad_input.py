@@ -68,8 +68,9 @@ def test_cli_refuses_an_unknown_component_name_with_status_2(tmp_path):
     ("backbone.name=vit", "backbone.name='vit' is not a known backbone"),
     ("critic.name=oracle", "critic.name='oracle' is not a known value head"),
     ("env.kind=mars", "env.kind='mars' is not registered"),
+    ("algo.init_action_std=0.1", "algo.init_action_std=0.1 sets the std of a policy loaded with init_from="),
 ])
-def test_unknown_component_names_are_config_errors(tmp_path, override, message):
+def test_unknown_names_and_misplaced_settings_are_config_errors(tmp_path, override, message):
     from vla.errors import ConfigError
 
     with pytest.raises(ConfigError, match=message):

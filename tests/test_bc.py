@@ -115,10 +115,11 @@ def test_bc_through_the_console_scripts_then_eval_then_ppo_from_it(demos, tmp_pa
     assert report["episode_rows"] == bc_report["episode_rows"]  # the same policy on the same seeds
 
     # PPO from the BC checkpoint, actor held still throughout: its evaluation is the cloned policy's own,
-    # so the weights and the (fixed) state normalizer came along.
+    # so the weights and the (fixed) state normalizer came along; init_action_std changed the std only.
     ppo_run = tmp_path / "ppo"
     result = run_cli("vla-train", *REACH, *PPO_RUN, f"init_from={bc_run}", "algo.critic_warmup_updates=2",
-                     "algo.init_kl_coef=0.1", f"hydra.run.dir={ppo_run}", cwd=tmp_path)
+                     "algo.init_kl_coef=0.1", "algo.init_action_std=0.1", f"hydra.run.dir={ppo_run}",
+                     cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "initialized from" in result.stdout and "(algo bc, step 40)" in result.stdout
     ppo_report = json.loads((ppo_run / "eval" / "final" / "report.json").read_text())
@@ -127,6 +128,7 @@ def test_bc_through_the_console_scripts_then_eval_then_ppo_from_it(demos, tmp_pa
     events.Reload()
     assert [e.step for e in events.Scalars("losses/policy")] == [32, 64]  # a fresh run: counters from 0
     assert [e.value for e in events.Scalars("losses/init_kl")] == [0.0, 0.0]
+    assert [e.value for e in events.Scalars("policy/action_std")] == pytest.approx([0.1, 0.1])
     assert json.loads((ppo_run / "checkpoints" / "update_000002" / "state.json").read_text())["algo"] == "ppo"
 
 

@@ -167,6 +167,7 @@ def test_trainer_promotes_on_eval_success_logs_the_stage_and_resumes_at_it(tmp_p
     (["curriculum=tabletop_widen", "curriculum.stages=[{placement_range:0.9}]"],
      r"curriculum.stages\[0\] .* env.placement_range=0.9 must lie in"),
     (["env=reacher", "eval.heldout=true"], "held-out evaluation needs an env with generalization splits"),
+    (["env=robosuite_door", "eval.heldout=true"], "robosuite Lift\\); env 'Door' has none"),
 ])
 def test_bad_curriculum_or_split_config_fails_at_launch_naming_the_problem(tmp_path, overrides, message):
     env = [] if any(o.startswith("env=") for o in overrides) else ["env=tabletop_reach_state"]

@@ -6,6 +6,7 @@ from torch.distributions import MultivariateNormal
 
 from critics import build_critic
 from policies import build_policy
+from policies.gaussian import set_action_std
 from tests.conftest import train_config
 from vla.backbones.base import Tokens
 from vla.errors import ConfigError
@@ -118,3 +119,24 @@ def test_unknown_expert_and_critic_names_list_the_known_ones():
         build_critic(critic_cfg, TOKEN_DIM, STATE_DIM)
     with pytest.raises(ConfigError, match="pooling"):
         attention_critic("critic.pooling=max")
+
+
+@pytest.mark.parametrize("overrides", [
+    (),
+    ("policy.state_dependent_std=true",),
+    ("policy=gaussian_transformer", "policy.width=16", "policy.num_heads=2", "policy.feedforward_size=32",
+     "policy.state_dependent_std=true"),
+])
+def test_set_action_std_changes_the_std_and_leaves_the_mean(overrides):
+    torch.manual_seed(0)
+    expert = build_policy(train_config(*overrides).policy, TOKEN_DIM, STATE_DIM, ACTION_DIM)
+    if expert.state_dependent_std:
+        torch.nn.init.normal_(expert.log_std.weight, std=0.5)
+    tokens, state = random_tokens(), torch.randn(6, STATE_DIM)
+    before = expert(tokens, state)
+    set_action_std(expert, 0.1)
+    after = expert(tokens, state)
+    torch.testing.assert_close(after.mean, before.mean)
+    torch.testing.assert_close(after.stddev, torch.full_like(after.stddev, 0.1))
+    with pytest.raises(ValueError, match="outside the policy's clamp"):
+        set_action_std(expert, 1e-4)

@@ -11,7 +11,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from envs import make_env, make_vector_env
-from envs.robosuite_env import TASK_INSTRUCTIONS
+from envs.robosuite_env import HELDOUT_CUBE_HALF_SIZE, HELDOUT_INSTRUCTIONS, TASK_INSTRUCTIONS
 from envs.robosuite_experts import make_expert
 from tests.conftest import train_config
 from vla.errors import ConfigError
@@ -108,6 +108,27 @@ def test_scripted_lift_succeeds_and_terminates_on_success():
         env.close()
 
 
+def test_heldout_lift_has_a_smaller_cube_and_unseen_instructions_and_the_expert_still_lifts_it():
+    sizes = {}
+    for split in ("all", "heldout"):
+        env = make_env(env_config("lift_state", f"split={split}", "instruction_mode=sample"))
+        try:
+            instructions = {env.reset(seed=seed)[0]["instruction"] for seed in range(6)}
+            sizes[split] = float(env.unwrapped.model.geom("cube_g0").size[0])
+            if split == "heldout":
+                assert instructions == set(HELDOUT_INSTRUCTIONS["Lift"])
+                env.reset(seed=0)
+                expert = make_expert("Lift")
+                terminated, _, info, steps = run_expert(env, expert, 200)
+                assert info["success"] and terminated, (steps, expert.stage)
+            else:
+                assert instructions <= set(TASK_INSTRUCTIONS["Lift"])
+        finally:
+            env.close()
+    low, high = HELDOUT_CUBE_HALF_SIZE
+    assert low <= sizes["heldout"] <= high < 0.020 <= sizes["all"] <= 0.022
+
+
 def test_bad_config_values_raise_config_errors_naming_them():
     with pytest.raises(ConfigError, match="env.task='Fly'"):
         make_env(env_config("lift_state", "task=Fly"))
@@ -115,6 +136,8 @@ def test_bad_config_values_raise_config_errors_naming_them():
         make_env(env_config("lift_state", "controller=OSC"))
     with pytest.raises(ConfigError, match="env.robot='R2D2'"):
         make_env(env_config("lift_state", "robot=R2D2"))
+    with pytest.raises(ConfigError, match="env.split=heldout is defined for robosuite"):
+        make_env(env_config("lift_state", "task=Door", "split=heldout"))
 
 
 # ------------------------------------------------------------------------------- slow: every other task

@@ -39,12 +39,23 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> Tuple[float,
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+# What env.split=heldout holds out, per env kind (the report's held-out section says it).
+HELDOUT_DESCRIPTIONS = {
+    "tabletop": "the named object in a held-out colour, the instruction a held-out paraphrase",
+    "robosuite": "a smaller cube (15-18 mm half-size instead of 20-22 mm), the instruction a held-out paraphrase",
+}
+
+
 def split_env_config(env_cfg, split: str):
     """``env_cfg`` on generalization split ``split`` (``env.split``); ConfigError for an env without splits."""
-    if env_cfg.get("kind") != "tabletop":
-        name = env_cfg.get("id") or env_cfg.get("task") or env_cfg.get("kind")
+    from envs.robosuite_env import HELDOUT_INSTRUCTIONS
+
+    name = env_cfg.get("id") or env_cfg.get("task") or env_cfg.get("kind")
+    if env_cfg.get("kind") not in HELDOUT_DESCRIPTIONS or \
+            (env_cfg.get("kind") == "robosuite" and name not in HELDOUT_INSTRUCTIONS):
         raise ConfigError(f"held-out evaluation needs an env with generalization splits (env.split: tabletop "
-                          f"envs); env {name!r} has none. Set eval.heldout=false (vla-eval: heldout=false)")
+                          f"envs, robosuite Lift); env {name!r} has none. Set eval.heldout=false (vla-eval: "
+                          f"heldout=false)")
     env_cfg = copy.deepcopy(env_cfg)
     with open_dict(env_cfg):
         env_cfg.split = split
@@ -190,9 +201,10 @@ def breakdown(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 def build_report(rows: List[Dict[str, Any]], *, checkpoint: Dict[str, Any], config: Dict[str, Any],
                  deterministic: bool, seed: int, split: Optional[str] = None,
-                 heldout_rows: Optional[List[Dict[str, Any]]] = None) -> Dict[str, Any]:
+                 heldout_rows: Optional[List[Dict[str, Any]]] = None, holds_out: str = "") -> Dict[str, Any]:
     """The report of ``rows`` (on env split ``split``, None for envs without splits) and, given
-    ``heldout_rows``, a ``heldout`` section with the same fields for the held-out split."""
+    ``heldout_rows``, a ``heldout`` section with the same fields for the held-out split (``holds_out``: what
+    that split changes)."""
     report = {
         **breakdown(rows),
         "deterministic": deterministic,
@@ -202,7 +214,7 @@ def build_report(rows: List[Dict[str, Any]], *, checkpoint: Dict[str, Any], conf
         "config": config,
     }
     if heldout_rows is not None:
-        report["heldout"] = {"split": "heldout", **breakdown(heldout_rows)}
+        report["heldout"] = {"split": "heldout", "holds_out": holds_out, **breakdown(heldout_rows)}
     return report
 
 
@@ -263,8 +275,7 @@ def report_markdown(report: Dict[str, Any]) -> str:
     lines += _section_markdown(report)
     if "heldout" in report:
         lines += ["", "## Held-out split", "",
-                  "The same seeds with env.split=heldout: the named object in a held-out colour, the instruction "
-                  "a held-out paraphrase.", ""]
+                  f"The same seeds with env.split=heldout: {report['heldout'].get('holds_out', '')}.", ""]
         lines += _section_markdown(report["heldout"])
     return "\n".join(lines) + "\n"
 
@@ -291,8 +302,8 @@ def evaluate_policy(model: ActorCritic, env_cfg, out_dir: Path, *, episodes: int
         heldout_rows, _ = run_episodes(model, heldout_cfg, episodes, seed, num_envs, deterministic,
                                        progress=progress)
     report = build_report(rows, checkpoint=checkpoint, config=config, deterministic=deterministic, seed=seed,
-                          split=env_cfg.get("split", "all") if env_cfg.get("kind") == "tabletop" else None,
-                          heldout_rows=heldout_rows)
+                          split=env_cfg.get("split"), heldout_rows=heldout_rows,
+                          holds_out=HELDOUT_DESCRIPTIONS.get(env_cfg.get("kind"), ""))
     if videos:
         report["videos"] = write_videos(rows, videos, out_dir / "videos", fps, writer=writer, step=step)
     write_report(report, out_dir)

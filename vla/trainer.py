@@ -20,6 +20,7 @@ from envs.contract import EnvContractError
 from envs.registry import SplitVectorEnv
 from envs.wrappers import chunk_stats
 from policies import actions_per_decision
+from policies.gaussian import set_action_std
 from vla import checkpoint as ckpt
 from vla.actor_critic import ActorCritic
 from vla.curriculum import Curriculum
@@ -351,6 +352,10 @@ class Trainer:
         if cfg.dataset is not None:
             raise ConfigError(f"dataset= is read by behaviour cloning (algo=bc), not by algo={cfg.algo.name}; to "
                               "start PPO from demonstrations, clone them first and pass init_from=<BC run>")
+        std = self.algo.init_action_std
+        if std is not None and (not cfg.init_from or not std > 0):
+            raise ConfigError(f"algo.init_action_std={std} sets the std of a policy loaded with init_from= and must "
+                              "be positive; for a fresh policy set policy.log_std_init instead")
         torch.set_num_threads(cfg.torch_threads)
         torch.use_deterministic_algorithms(cfg.deterministic_torch)
         seed_everything(cfg.seed)
@@ -410,6 +415,8 @@ class Trainer:
         self.freeze_state_norm = cfg.init_from is not None
         if cfg.init_from and resume_from is None:
             initialized_from = load_initial_weights(self.model, cfg.init_from, self.state_dim, self.action_dim)
+            if self.algo.init_action_std is not None:
+                set_action_std(self.model.expert, self.algo.init_action_std)
             scaler = initialized_from["trainer"].get("reward_scaler")  # a PPO checkpoint's return statistics
             if scaler is not None:
                 self.reward_scaler.return_rms.load_state_dict(
@@ -439,7 +446,8 @@ class Trainer:
             self.logger.message(f"initialized from {initialized_from['path']} (algo "
                                 f"{initialized_from['state'].get('algo', 'ppo')}, step "
                                 f"{initialized_from['state']['global_step']})")
-        if cfg.eval.heldout and cfg.env.split != "train":
+        # (robosuite's "all" and "train" are the same: nothing of its held-out split appears in either.)
+        if cfg.eval.heldout and cfg.env.kind == "tabletop" and cfg.env.split != "train":
             self.logger.message(f"WARNING: eval.heldout=true with env.split={cfg.env.split}: training sees the "
                                 "held-out colours and paraphrases too; train with env.split=train to measure "
                                 "generalization")
