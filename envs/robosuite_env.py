@@ -35,6 +35,7 @@ TASK_INSTRUCTIONS: Dict[str, Tuple[str, ...]] = {
 # Lift: a smaller cube, 15-18 mm half-size (the range robosuite's source keeps in a comment beside its 20-22 mm)
 # and an instruction paraphrase that training never uses.
 SPLITS = ("all", "train", "heldout")
+LIFT_CUBE_HALF_SIZE = (0.020, 0.022)  # robosuite's Lift: each half-side drawn from this range
 HELDOUT_CUBE_HALF_SIZE = (0.015, 0.018)
 HELDOUT_INSTRUCTIONS: Dict[str, Tuple[str, ...]] = {"Lift": ("raise the red block off the table",)}
 # Per-episode state of these tasks lives in Python and in model fields that mj_getState does not capture
@@ -94,7 +95,7 @@ class RobosuiteEnv(gym.Env):
     robosuite reports its horizon as ``done``: here that is ``truncated``; ``terminated`` is a real end (Wipe
     stops on collisions or joint limits). ``info["success"]`` is the task's own ``_check_success()``.
     ``reset(seed=...)`` reseeds robosuite's generator (object placement, robot initial noise) from the env's
-    ``np_random``, so a seed fixes the initial state.
+    ``np_random``, so a seed fixes the initial state (Lift's cube size included).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
@@ -123,13 +124,14 @@ class RobosuiteEnv(gym.Env):
             raise ConfigError(f"env.robot={robot!r} is not a robosuite robot; choose one of {robosuite.ALL_ROBOTS}")
         if use_camera and not cameras:
             raise ConfigError("env.cameras is empty but env.use_camera is true; name at least one camera")
-        self.task, self.instruction_mode, self.render_mode, self.split = task, instruction_mode, render_mode, split
+        self.task, self.instruction_mode, self.render_mode = task, instruction_mode, render_mode
         self._paraphrases = HELDOUT_INSTRUCTIONS[task] if split == "heldout" else TASK_INSTRUCTIONS[task]
         self.cameras = list(cameras) if use_camera else []
         self.fast_render, self.video_camera, self.video_size = fast_render, video_camera, video_size
         try:
             self._env = robosuite.make(
-                heldout_lift_class().__name__ if split == "heldout" else task, robots=robot, controller_configs=controller_config(robot, controller),
+                heldout_lift_class().__name__ if split == "heldout" else task, robots=robot,
+                controller_configs=controller_config(robot, controller),
                 has_renderer=False, has_offscreen_renderer=use_camera or render_mode == "rgb_array",
                 use_camera_obs=use_camera, camera_names=self.cameras or "agentview",  # a name, unused w/o camera
                 camera_heights=camera_size, camera_widths=camera_size,
@@ -151,6 +153,11 @@ class RobosuiteEnv(gym.Env):
         self.privileged_obs = privileged_obs
         self._fast_render_context = None
         self._instruction = self._paraphrases[0]
+        # robosuite draws Lift's cube size when it builds the model, from a generator seeded by nothing: with
+        # hard_reset=false the model (and the size) stays for the env's life, so episodes on the same seed got
+        # another cube in every process. Here each reset draws the size from the episode's seed instead.
+        self._cube_half_size_range = (HELDOUT_CUBE_HALF_SIZE if split == "heldout" else LIFT_CUBE_HALF_SIZE) \
+            if task == "Lift" and not hard_reset else None
 
         low, high = self._env.action_spec
         self.action_space = spaces.Box(low.astype(np.float32), high.astype(np.float32))
@@ -184,6 +191,8 @@ class RobosuiteEnv(gym.Env):
         paraphrases = self._paraphrases
         self._instruction = paraphrases[self.np_random.integers(len(paraphrases))] \
             if self.instruction_mode == "sample" else paraphrases[0]
+        if self._cube_half_size_range is not None:
+            self._set_cube_half_size(self.np_random.uniform(*self._cube_half_size_range, size=3))
         raw = self._env.reset()
         if self.fast_render and self._fast_render_context is not self._env.sim._render_context_offscreen:
             self._make_rendering_fast()
@@ -195,6 +204,17 @@ class RobosuiteEnv(gym.Env):
         horizon_reached = self._env.timestep >= self._env.horizon
         info = {"success": bool(self._env._check_success()), "task": self._task_name}
         return self._observation(raw), float(reward), bool(done and not horizon_reached), horizon_reached, info
+
+    def _set_cube_half_size(self, half_size) -> None:
+        """Resize Lift's cube in the kept model (collision and visual geoms, their bounding volumes) and in
+        robosuite's object, whose bottom offset the placement sampler reads at the next reset."""
+        cube, model = self._env.cube, self.model
+        cube.size = np.asarray(half_size, dtype=np.float64)
+        for name in cube.contact_geoms + cube.visual_geoms:
+            geom = model.geom(name).id
+            model.geom_size[geom] = cube.size
+            model.geom_rbound[geom] = np.linalg.norm(cube.size)
+            model.geom_aabb[geom, 3:] = cube.size
 
     def _make_rendering_fast(self) -> None:
         """Shadows, reflections, skybox off and no multisampling, on the current render context."""
@@ -227,7 +247,8 @@ class RobosuiteEnv(gym.Env):
     # ----------------------------------------------------------------------------------- exact-resume state
     def get_task_state(self) -> Optional[Dict[str, Any]]:
         """What the next steps depend on besides the physics (JSON-serializable): episode counters, the
-        instruction and each controller's episode-start pose (OSC pulls the arm's null space towards it).
+        instruction, each controller's episode-start pose (OSC pulls the arm's null space towards it) and Lift's
+        cube size.
         None for tasks that cannot be captured exactly."""
         if self.task in TASKS_WITHOUT_EXACT_SNAPSHOT:
             return None
@@ -236,13 +257,18 @@ class RobosuiteEnv(gym.Env):
                    for field in CONTROLLER_EPISODE_FIELDS if getattr(controller, field, None) is not None}
             for name, controller in self._part_controllers()
         }
-        return {"timestep": int(self._env.timestep), "cur_time": float(self._env.cur_time),
-                "instruction": self._instruction, "controllers": controllers}
+        state = {"timestep": int(self._env.timestep), "cur_time": float(self._env.cur_time),
+                 "instruction": self._instruction, "controllers": controllers}
+        if self._cube_half_size_range is not None:
+            state["cube_half_size"] = np.asarray(self._env.cube.size).tolist()
+        return state
 
     def set_task_state(self, task_state: Dict[str, Any]) -> None:
         self._env.timestep, self._env.cur_time = task_state["timestep"], task_state["cur_time"]
         self._env.done = self._env.timestep >= self._env.horizon
         self._instruction = task_state["instruction"]
+        if "cube_half_size" in task_state:
+            self._set_cube_half_size(task_state["cube_half_size"])
         for name, controller in self._part_controllers():
             for field, value in task_state["controllers"][name].items():
                 setattr(controller, field, np.asarray(value))
