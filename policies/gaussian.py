@@ -14,6 +14,7 @@ from torch import nn
 from torch.distributions import Independent, Normal
 
 from vla.backbones.base import Tokens
+from vla.errors import ConfigError
 from vla.nn import init_layer, mlp, pool_tokens
 
 
@@ -30,8 +31,9 @@ def set_action_std(expert: nn.Module, std: float) -> None:
     state-independent ``log_std`` parameter, or zeroes a state-dependent head's weights and sets its bias."""
     log_std = math.log(std)
     if not expert.log_std_min <= log_std <= expert.log_std_max:
-        raise ValueError(f"action std {std} lies outside the policy's clamp [exp({expert.log_std_min}), "
-                         f"exp({expert.log_std_max})]")
+        raise ConfigError(f"action std {std} (algo.init_action_std) lies outside the policy's clamp "
+                          f"[exp(policy.log_std_min), exp(policy.log_std_max)] = [{math.exp(expert.log_std_min):.3g}, "
+                          f"{math.exp(expert.log_std_max):.3g}]")
     with torch.no_grad():
         if isinstance(expert.log_std, nn.Linear):
             expert.log_std.weight.zero_()

@@ -138,5 +138,5 @@ def test_set_action_std_changes_the_std_and_leaves_the_mean(overrides):
     after = expert(tokens, state)
     torch.testing.assert_close(after.mean, before.mean)
     torch.testing.assert_close(after.stddev, torch.full_like(after.stddev, 0.1))
-    with pytest.raises(ValueError, match="outside the policy's clamp"):
+    with pytest.raises(ConfigError, match=r"action std 0.0001 \(algo.init_action_std\) lies outside the policy"):
         set_action_std(expert, 1e-4)
