@@ -122,8 +122,8 @@ def cube_half_sizes(env, seeds):
 
 
 def test_lift_cube_size_is_a_function_of_the_seed_and_the_heldout_cube_is_smaller_and_liftable():
-    envs = {split: make_env(env_config("lift_state", f"split={split}")) for split in ("all", "all", "heldout")}
-    envs["all_again"] = make_env(env_config("lift_state"))
+    envs = {name: make_env(env_config("lift_state", f"split={split}"))
+            for name, split in (("all", "all"), ("all_again", "all"), ("heldout", "heldout"))}
     try:
         sizes = {name: cube_half_sizes(env, range(5)) for name, env in envs.items()}
         # Two env processes give the same cube for the same seed (robosuite alone draws one per process).
