@@ -13,11 +13,12 @@ def actions_per_decision(cfg) -> int:
     return int(execute_steps if execute_steps is not None else cfg.get("chunk_size", 1))
 
 
-def build_policy(cfg, token_dim: int, state_dim: int, action_dim: int):
+def build_policy(cfg, token_dim: int, state_dim: int, action_dim: int, grounded_tokens: int = 0):
+    """``grounded_tokens``: the backbone's (``Backbone.grounded_tokens``), for ``pooling=grounded``."""
     if cfg.name == "gaussian_mlp":
         from policies.gaussian import GaussianMLPExpert
 
-        return GaussianMLPExpert(cfg, token_dim, state_dim, action_dim)
+        return GaussianMLPExpert(cfg, token_dim, state_dim, action_dim, grounded_tokens)
     if cfg.name == "gaussian_transformer":
         from policies.transformer import GaussianTransformerExpert
 

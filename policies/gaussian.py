@@ -15,7 +15,7 @@ from torch.distributions import Independent, Normal
 
 from vla.backbones.base import Tokens
 from vla.errors import ConfigError
-from vla.nn import init_layer, mlp, pool_tokens
+from vla.nn import init_layer, mlp, pool_tokens, pooled_width
 
 
 def diagonal_gaussian(mean: torch.Tensor, log_std: torch.Tensor) -> Independent:
@@ -43,13 +43,14 @@ def set_action_std(expert: nn.Module, std: float) -> None:
 
 
 class GaussianMLPExpert(nn.Module):
-    def __init__(self, cfg, token_dim: int, state_dim: int, action_dim: int):
+    def __init__(self, cfg, token_dim: int, state_dim: int, action_dim: int, grounded_tokens: int = 0):
         super().__init__()
-        self.pooling = cfg.pooling
+        self.pooling, self.grounded_tokens = cfg.pooling, grounded_tokens
         self.log_std_min, self.log_std_max = cfg.log_std_min, cfg.log_std_max
         self.state_dependent_std = cfg.state_dependent_std
-        self.body = mlp(token_dim + state_dim, cfg.hidden_sizes, cfg.activation, activate_last=True)
-        width = cfg.hidden_sizes[-1] if cfg.hidden_sizes else token_dim + state_dim
+        input_dim = pooled_width(cfg.pooling, token_dim, grounded_tokens) + state_dim
+        self.body = mlp(input_dim, cfg.hidden_sizes, cfg.activation, activate_last=True)
+        width = cfg.hidden_sizes[-1] if cfg.hidden_sizes else input_dim
         self.feature_dim = width  # what ``return_features`` gives: the MLP's last hidden layer
         # Small output gain: the initial policy is near-zero-mean, so early actions do not saturate.
         self.mean = init_layer(nn.Linear(width, action_dim), 0.01)
@@ -61,7 +62,7 @@ class GaussianMLPExpert(nn.Module):
     def forward(self, tokens: Tokens, state: Optional[torch.Tensor], return_features: bool = False):
         """The action distribution; with ``return_features`` also the last hidden layer (B, width), which
         auxiliary losses read."""
-        x = pool_tokens(tokens.hidden, tokens.mask, self.pooling)
+        x = pool_tokens(tokens.hidden, tokens.mask, self.pooling, self.grounded_tokens)
         if state is not None:
             x = torch.cat([x, state], dim=-1)
         features = self.body(x)

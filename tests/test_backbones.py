@@ -437,3 +437,30 @@ def test_towers_grounded_token_comes_first_and_follows_the_instruction():
     assert not torch.allclose(tokens.hidden[0, 0], tokens.hidden[1, 0])  # the grounded token reads the text
     torch.testing.assert_close(tokens.hidden[0, 1:1 + grid], tokens.hidden[1, 1:1 + grid])  # image tokens
     model.act(model.to_tensors(obs))  # the MLP expert reads the grounded token (pooling=first)
+
+
+@pytest.mark.parametrize("pooling, reads_wrist", [("first", False), ("grounded", True)])
+def test_grounded_pooling_reads_every_cameras_grounded_token(pooling, reads_wrist):
+    """Front and wrist cameras: ``first`` is the front camera's grounded token alone, ``grounded`` concatenates
+    one per camera, so the actor and the critic see the wrist view too."""
+    env = ImageInstructionEnv(cameras=("image", "wrist_image"))
+    cfg = train_config("backbone=towers", "backbone.hidden_size=32", "backbone.grounding_heads=2",
+                       f"policy.pooling={pooling}", "critic=attention", f"critic.pooling={pooling}")
+    model = ActorCritic.from_config(cfg, env.observation_space, env.action_space)
+    assert model.backbone.grounded_tokens == 2
+    width = 32 * (2 if pooling == "grounded" else 1) + 4  # pooled tokens + state
+    assert model.expert.body[0].in_features == width and model.critic.body[0].in_features == width
+    obs = batch_obs(env, 2)
+    other_wrist = dict(obs, wrist_image=255 - obs["wrist_image"])
+    with torch.no_grad():
+        outputs = [model.act(model.to_tensors(o), deterministic=True) for o in (obs, other_wrist)]
+    for field in ("action", "value"):
+        same = torch.allclose(getattr(outputs[0], field), getattr(outputs[1], field))
+        assert same != reads_wrist, field
+
+
+def test_grounded_pooling_without_grounded_tokens_is_a_config_error():
+    env = ImageInstructionEnv()
+    cfg = train_config("backbone=towers", "backbone.hidden_size=32", "policy.pooling=grounded")
+    with pytest.raises(ConfigError, match="pooling=grounded.*grounding_heads"):
+        ActorCritic.from_config(cfg, env.observation_space, env.action_space)

@@ -86,9 +86,9 @@ class ActorCritic(nn.Module):
                                   "obs['privileged'] (on tabletop: env.privileged_obs=true); this env's "
                                   f"observation keys: {sorted(observation_space.spaces)}")
             privileged_dim = int(observation_space["privileged"].shape[0])
-        expert = build_policy(cfg.policy, backbone.hidden_size, head_state_dim, action_dim)
+        expert = build_policy(cfg.policy, backbone.hidden_size, head_state_dim, action_dim, backbone.grounded_tokens)
         critic_state_dim = head_state_dim + (privileged_dim if cfg.critic.privileged else 0)
-        critic = build_critic(cfg.critic, backbone.hidden_size, critic_state_dim)
+        critic = build_critic(cfg.critic, backbone.hidden_size, critic_state_dim, backbone.grounded_tokens)
         return cls(backbone, expert, critic, state_dim, cfg.algo.norm_state, cfg.algo.clip_norm, privileged_dim,
                    privileged_critic=cfg.critic.privileged, privileged_aux=privileged_aux,
                    privileged_aux_source=cfg.algo.get("privileged_aux_source", "expert"))

@@ -220,8 +220,9 @@ class GaussianMLPPolicyConfig(PolicyConfig):
     name: str = "gaussian_mlp"
     hidden_sizes: List[int] = field(default_factory=lambda: [64, 64])
     activation: str = "tanh"
-    # How the token sequence becomes one vector: "mean" over valid tokens, the "last" valid token or the
-    # "first" token (the towers' grounded token when backbone.grounding_heads > 0).
+    # How the token sequence becomes one vector: "mean" over valid tokens, the "last" valid token, the "first"
+    # token (the towers' grounded token when backbone.grounding_heads > 0) or the "grounded" tokens, one per
+    # camera, concatenated (with front and wrist cameras "first" reads the front camera's alone).
     pooling: str = "mean"
     # Initial log standard deviation of every action dimension.
     log_std_init: float = 0.0
@@ -279,7 +280,7 @@ class AttentionCriticConfig(CriticConfig):
     """Value head: tokens pooled by a learned-query attention (or mean / last token), then an MLP."""
 
     name: str = "attention"
-    # "attention", "mean" or "last".
+    # "attention", "mean", "last", "first" or "grounded" (as policy.pooling).
     pooling: str = "attention"
     # Width of the attention pooling's query and output.
     attention_dim: int = 128

@@ -38,9 +38,27 @@ def init_layer(layer: nn.Linear, gain: float, bias: float = 0.0) -> nn.Linear:
     return layer
 
 
-def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Tensor:
+POOLINGS = ("mean", "last", "first", "grounded")
+
+
+def pooled_width(mode: str, token_dim: int, grounded_tokens: int) -> int:
+    """Width of ``pool_tokens``' output; refuses ``grounded`` pooling on a backbone without grounded tokens."""
+    if mode not in POOLINGS:
+        raise ConfigError(f"pooling={mode!r}; choose one of {list(POOLINGS)}")
+    if mode != "grounded":
+        return token_dim
+    if grounded_tokens < 1:
+        raise ConfigError("pooling=grounded reads the backbone's instruction-grounded tokens (one per camera), and "
+                          "this backbone has none: use backbone=towers with backbone.grounding_heads>0 on an env "
+                          "with cameras and an instruction, or pooling=mean")
+    return token_dim * grounded_tokens
+
+
+def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, mode: str, grounded_tokens: int = 0) -> torch.Tensor:
     """(B, T, D) tokens with (B, T) mask -> (B, D): ``mean`` over real tokens, the ``last`` real token, or the
-    ``first`` token (a backbone's summary token, e.g. the towers' instruction-grounded token)."""
+    ``first`` token (a backbone's summary token, e.g. the towers' instruction-grounded token); or
+    (B, grounded_tokens * D): the ``grounded`` tokens the backbone puts first (the towers' one per camera,
+    concatenated: with front and wrist cameras, ``first`` would read the front camera's alone)."""
     if mode == "mean":
         weights = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
@@ -49,4 +67,6 @@ def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Te
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     if mode == "first":
         return hidden[:, 0]
-    raise ConfigError(f"pooling={mode!r}; choose 'mean', 'last' or 'first'")
+    if mode == "grounded":
+        return hidden[:, :grounded_tokens].flatten(1)
+    raise ConfigError(f"pooling={mode!r}; choose one of {list(POOLINGS)}")

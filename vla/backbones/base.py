@@ -50,6 +50,8 @@ class Backbone(nn.Module):
 
     hidden_size: int
     encodes_state: bool = False
+    # Instruction-grounded summary tokens at the front of the sequence (``pooling=grounded`` reads them).
+    grounded_tokens: int = 0
     instruction_texts: List[str]
 
     def encode_frozen(self, obs: Dict[str, torch.Tensor]) -> FrozenFeatures:

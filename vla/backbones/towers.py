@@ -230,6 +230,7 @@ class TowersBackbone(Backbone):
             max_text_tokens=cfg.max_instruction_tokens, width=cfg.hidden_size,
             fusion_layers=cfg.fusion_layers, fusion_heads=cfg.fusion_heads, grounding_heads=cfg.grounding_heads)
         self.hidden_size = cfg.hidden_size
+        self.grounded_tokens = len(self.cameras) if self.projection.grounding is not None else 0
         # Text-tower tokens of each instruction encoded so far (real tokens only), and the instructions of
         # ``instruction_texts`` padded into one table that instruction ids index.
         self._instruction_encodings: Dict[str, torch.Tensor] = {}
