@@ -1,0 +1,89 @@
+"""What a tabletop push policy does near the object: per deterministic episode, whether it succeeded, how far
+the named object moved, how close the hand came to the spot behind the object, and how many steps the hand
+spent behind it (on the object's line to the zone, low) — a policy that parks there without pushing shows as
+many steps behind and an object that never moved.
+
+    python experiments/probe_push.py runs/<push run> [episodes=20] [seed=100000]
+
+Reads the checkpoint's own env config (state or camera policies alike); evaluation seeds by default.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from envs import make_env  # noqa: E402
+from envs.tabletop.tasks import PUSH_APPROACH_OFFSET, PUSH_BEHIND_ACROSS, PUSH_BEHIND_ALONG, PUSH_BEHIND_HEIGHT  # noqa: E402
+from vla.evaluate import load_policy  # noqa: E402
+
+UNMOVED = 0.001  # metres: an object that moved less than this was never pushed
+
+
+def line_frame(measures):
+    """The unit vector from the object to its zone, and the hand's (along, across) offset in that frame."""
+    offset = measures.zone[:2] - measures.target[:2]
+    direction = offset / max(float(np.linalg.norm(offset)), 1e-6)
+    relative = measures.hand[:2] - measures.target[:2]
+    return direction, float(relative @ direction), float(relative @ np.array([-direction[1], direction[0]]))
+
+
+def probe_episode(model, env, seed: int):
+    base = env.unwrapped
+    obs, info = env.reset(seed=seed)
+    start = base.measures().target.copy()
+    closest, behind_steps, steps = np.inf, 0, 0
+    done = False
+    while not done:
+        batch = {key: value[None] if isinstance(value, np.ndarray) else [value] for key, value in obs.items()}
+        with torch.no_grad():
+            action = model.act(model.to_tensors(batch), deterministic=True).action[0].cpu().numpy()
+        obs, _, terminated, truncated, info = env.step(action)
+        steps += 1
+        done = terminated or truncated
+        measures = base.measures()
+        direction, along, across = line_frame(measures)
+        approach = np.array([*(measures.target[:2] - PUSH_APPROACH_OFFSET * direction), measures.target[2]])
+        closest = min(closest, float(np.linalg.norm(measures.hand - approach)))
+        behind_steps += along < -PUSH_BEHIND_ALONG and abs(across) < PUSH_BEHIND_ACROSS and \
+            measures.hand[2] < PUSH_BEHIND_HEIGHT
+    moved = float(np.linalg.norm(base.measures().target[:2] - start[:2]))
+    return {"success": bool(info["success"]), "steps": steps, "moved": moved, "closest": closest,
+            "behind_steps": behind_steps}
+
+
+def main(argv) -> None:
+    if not argv:
+        sys.exit(__doc__)
+    options = dict(arg.split("=", 1) for arg in argv[1:])
+    episodes, seed = int(options.get("episodes", 20)), int(options.get("seed", 100000))
+    model, cfg, identity = load_policy(argv[0], torch.device("cpu"))
+    if cfg.env.get("task") != "push":
+        sys.exit(f"{argv[0]} was trained on env.task={cfg.env.get('task')!r}; this probe reads push runs")
+    model.eval()
+    env = make_env(cfg.env)
+    print(f"checkpoint {identity['path']} at {identity['global_step']} env steps")
+    rows = []
+    try:
+        for episode in range(episodes):
+            row = probe_episode(model, env, seed + episode)
+            rows.append(row)
+            print(f"seed {seed + episode}: success {int(row['success'])}, {row['steps']} steps, object moved "
+                  f"{100 * row['moved']:.1f} cm, hand's closest to the approach point {100 * row['closest']:.1f} cm, "
+                  f"{row['behind_steps']} steps behind the object")
+    finally:
+        env.close()
+    successes = sum(r["success"] for r in rows)
+    unmoved = sum(r["moved"] < UNMOVED for r in rows)
+    near = sum(r["closest"] < 0.03 for r in rows)
+    print(f"{successes}/{episodes} successes; object never moved in {unmoved}; hand within 3 cm of the approach "
+          f"point in {near}; mean steps behind the object {np.mean([r['behind_steps'] for r in rows]):.1f}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
