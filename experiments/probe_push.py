@@ -19,18 +19,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from envs import make_env  # noqa: E402
-from envs.tabletop.tasks import PUSH_APPROACH_OFFSET, PUSH_BEHIND_ACROSS, PUSH_BEHIND_ALONG, PUSH_BEHIND_HEIGHT  # noqa: E402
+from envs.tabletop.tasks import PUSH_APPROACH_OFFSET, push_geometry  # noqa: E402
 from vla.evaluate import load_policy  # noqa: E402
 
 UNMOVED = 0.001  # metres: an object that moved less than this was never pushed
-
-
-def line_frame(measures):
-    """The unit vector from the object to its zone, and the hand's (along, across) offset in that frame."""
-    offset = measures.zone[:2] - measures.target[:2]
-    direction = offset / max(float(np.linalg.norm(offset)), 1e-6)
-    relative = measures.hand[:2] - measures.target[:2]
-    return direction, float(relative @ direction), float(relative @ np.array([-direction[1], direction[0]]))
 
 
 def probe_episode(model, env, seed: int):
@@ -47,11 +39,10 @@ def probe_episode(model, env, seed: int):
         steps += 1
         done = terminated or truncated
         measures = base.measures()
-        direction, along, across = line_frame(measures)
-        approach = np.array([*(measures.target[:2] - PUSH_APPROACH_OFFSET * direction), measures.target[2]])
+        geometry = push_geometry(measures)
+        approach = geometry.hand_target(measures, PUSH_APPROACH_OFFSET)
         closest = min(closest, float(np.linalg.norm(measures.hand - approach)))
-        behind_steps += along < -PUSH_BEHIND_ALONG and abs(across) < PUSH_BEHIND_ACROSS and \
-            measures.hand[2] < PUSH_BEHIND_HEIGHT
+        behind_steps += geometry.behind
     moved = float(np.linalg.norm(base.measures().target[:2] - start[:2]))
     return {"success": bool(info["success"]), "steps": steps, "moved": moved, "closest": closest,
             "behind_steps": behind_steps}

@@ -12,7 +12,9 @@ from envs.tabletop.expert import scripted_action
 from envs.tabletop.scene import (
     COLOUR_NAMES, COLOURS, FLOOR_HEIGHT, HAND_RANGE, OBJECT_HALF_SIZE, SHAPE_NOUNS, SHAPES, TABLE_HALF_SIZE,
 )
-from envs.tabletop.tasks import PUSH_APPROACH_OFFSET, PUSH_CONTACT_OFFSET, PUSH_OFF_TABLE_COST, SUCCESS_BONUS, TaskMeasures
+from envs.tabletop.tasks import (
+    PUSH_APPROACH_OFFSET, PUSH_CONTACT_OFFSET, PUSH_OFF_TABLE_COST, SUCCESS_BONUS, TaskMeasures,
+)
 from tests.conftest import train_config
 from vla.errors import ConfigError
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from envs.tabletop.env import MAX_HAND_STEP, TabletopEnv
-from envs.tabletop.scene import OBJECT_HALF_SIZE
+from envs.tabletop.tasks import push_geometry
 
 CRUISE_HEIGHT = 0.09  # grasp-point height for moving over objects (fingertips clear a cube's top)
 OPEN, CLOSED = -1.0, 1.0
@@ -30,16 +30,11 @@ def scripted_action(env: TabletopEnv) -> np.ndarray:
         else:
             move_to, gripper = _over_then_down(hand, target), OPEN
     else:  # push: get behind the object (seen from the zone), then drive through it towards the zone
-        direction = measures.zone[:2] - target[:2]
-        direction /= max(np.linalg.norm(direction), 1e-6)
-        offset = hand[:2] - target[:2]
-        along, across = offset @ direction, offset @ np.array([-direction[1], direction[0]])
-        behind = along < -0.02 and abs(across) < 0.015 and hand[2] < 2 * OBJECT_HALF_SIZE
-        if behind:
-            move_to = np.array([*(target[:2] + 0.05 * direction), OBJECT_HALF_SIZE])
+        geometry = push_geometry(measures)
+        if geometry.behind:
+            move_to = geometry.hand_target(measures, -0.05)  # 5 cm beyond the object's centre
         else:
-            start = np.array([*(target[:2] - 0.055 * direction), OBJECT_HALF_SIZE])
-            move_to = _over_then_down(hand, start)
+            move_to = _over_then_down(hand, geometry.hand_target(measures, 0.055))
         gripper = CLOSED
     step = np.clip(move_to - hand, -MAX_HAND_STEP, MAX_HAND_STEP)
     return np.array([*step, gripper], dtype=np.float32)

@@ -21,7 +21,7 @@ REACH_DISTANCE = 0.04  # grasp point within this of the object's centre (fingers
 # the object, and the point moves on as the object does.
 PUSH_APPROACH_OFFSET = 0.045
 PUSH_CONTACT_OFFSET = 0.025
-# Behind the object on its line to the zone (as the scripted expert's test): at least this far back ...
+# Behind the object on its line to the zone (the scripted expert pushes from there too): at least this far back ...
 PUSH_BEHIND_ALONG = 0.02
 PUSH_BEHIND_ACROSS = 0.015  # ... within this of the line ...
 PUSH_BEHIND_HEIGHT = 2 * OBJECT_HALF_SIZE  # ... and low enough to touch it.
@@ -50,16 +50,22 @@ def _closeness_cost(distance: float) -> float:
     return float(np.tanh(10.0 * distance))
 
 
-def _push(measures: TaskMeasures) -> Tuple[bool, float, float]:
-    """Push: a staged cost, linear in distance. Until the hand is behind the object (on its line to the zone,
-    low), it is drawn to the approach point; once behind, to the contact point, which it can only near by
-    pushing the object zone-wards. The object is drawn to the zone at twice the weight, so moving it pays more
-    than anything the hand does.
+@dataclass(frozen=True)
+class PushGeometry:
+    """The hand relative to the named object's line to its zone (push shaping; experiments/probe_push.py)."""
 
-    History (PPO from privileged state, 3M env steps, experiments/results/tabletop_push.md): with one target
-    4.5 cm behind the object and tanh(10 d) costs, flat beyond 0.2 m, 0% success; with the same target and
-    linear costs, 7-13%: the policy parked its hand on the target, behind an object it never touched (the
-    hand term paid for staying 4.5 cm away, the object term only once the object moved)."""
+    direction: np.ndarray  # unit xy vector from the object to the zone centre
+    distance: float  # object to zone centre, xy
+    along: float  # hand's offset from the object along ``direction`` (negative: behind it)
+    across: float  # and across it
+    behind: bool  # behind the object on the line and low enough to push it
+
+    def hand_target(self, measures: TaskMeasures, offset_back: float) -> np.ndarray:
+        """The point ``offset_back`` metres behind the object's centre on the line, at table height."""
+        return np.array([*(measures.target[:2] - offset_back * self.direction), OBJECT_HALF_SIZE])
+
+
+def push_geometry(measures: TaskMeasures) -> PushGeometry:
     offset = measures.zone[:2] - measures.target[:2]
     distance = float(np.linalg.norm(offset))
     direction = offset / max(distance, 1e-6)
@@ -68,14 +74,29 @@ def _push(measures: TaskMeasures) -> Tuple[bool, float, float]:
     across = float(relative @ np.array([-direction[1], direction[0]]))
     behind = along < -PUSH_BEHIND_ALONG and abs(across) < PUSH_BEHIND_ACROSS and \
         measures.hand[2] < PUSH_BEHIND_HEIGHT
-    offset_back = PUSH_CONTACT_OFFSET if behind else PUSH_APPROACH_OFFSET
-    hand_target = np.array([*(measures.target[:2] - offset_back * direction), OBJECT_HALF_SIZE])
-    hand_cost = float(np.linalg.norm(measures.hand - hand_target)) + (0.0 if behind else PUSH_UNALIGNED_COST)
+    return PushGeometry(direction, distance, along, across, behind)
+
+
+def _push(measures: TaskMeasures) -> Tuple[bool, float, float]:
+    """Push: (success, cost, goal distance), a staged cost, linear in distance. Until the hand is behind the
+    object (on its line to the zone, low), it is drawn to the approach point; once behind, to the contact
+    point, which it can only near by pushing the object zone-wards. The object is drawn to the zone at twice
+    the weight, so moving it pays more than anything the hand does.
+
+    History (PPO from privileged state, 3M env steps each, experiments/results/tabletop_push.md): with one
+    target 4.5 cm behind the object and tanh(10 d) costs, flat beyond 0.2 m, 0% success; with the same target
+    and linear costs, 7-13%: the policy parked its hand on the target, behind an object it never touched (the
+    hand term paid for staying 4.5 cm away, the object term only once the object moved). These staged costs
+    removed that optimum but not the parking (0-10%): the action std collapses before the last 2 cm are tried."""
+    geometry = push_geometry(measures)
     if measures.target[2] < 0.0:  # below the table top: knocked off
-        return False, PUSH_OFF_TABLE_COST, distance
+        return False, PUSH_OFF_TABLE_COST, geometry.distance
+    offset_back = PUSH_CONTACT_OFFSET if geometry.behind else PUSH_APPROACH_OFFSET
+    hand_cost = float(np.linalg.norm(measures.hand - geometry.hand_target(measures, offset_back)))
+    hand_cost += 0.0 if geometry.behind else PUSH_UNALIGNED_COST
     on_table = measures.target[2] < 2 * OBJECT_HALF_SIZE
-    success = distance < ZONE_RADIUS and on_table
-    return success, hand_cost + 2.0 * distance, distance
+    success = geometry.distance < ZONE_RADIUS and on_table
+    return success, hand_cost + 2.0 * geometry.distance, geometry.distance
 
 
 @dataclass(frozen=True)
