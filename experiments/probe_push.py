@@ -10,11 +10,14 @@ Reads the checkpoint's own env config (state or camera policies alike); evaluati
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
+os.environ.setdefault("MUJOCO_GL", "egl")  # camera policies render offscreen; before mujoco is imported
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -43,9 +46,9 @@ def probe_episode(model, env, seed: int):
         approach = geometry.hand_target(measures, PUSH_APPROACH_OFFSET)
         closest = min(closest, float(np.linalg.norm(measures.hand - approach)))
         behind_steps += geometry.behind
-    moved = float(np.linalg.norm(base.measures().target[:2] - start[:2]))
-    return {"success": bool(info["success"]), "steps": steps, "moved": moved, "closest": closest,
-            "behind_steps": behind_steps}
+    end = base.measures().target
+    return {"success": bool(info["success"]), "steps": steps, "moved": float(np.linalg.norm(end[:2] - start[:2])),
+            "closest": closest, "behind_steps": behind_steps, "off_table": bool(end[2] < 0.0)}
 
 
 def main(argv) -> None:
@@ -66,14 +69,16 @@ def main(argv) -> None:
             rows.append(row)
             print(f"seed {seed + episode}: success {int(row['success'])}, {row['steps']} steps, object moved "
                   f"{100 * row['moved']:.1f} cm, hand's closest to the approach point {100 * row['closest']:.1f} cm, "
-                  f"{row['behind_steps']} steps behind the object")
+                  f"{row['behind_steps']} steps behind the object{', knocked off the table' if row['off_table'] else ''}")
     finally:
         env.close()
     successes = sum(r["success"] for r in rows)
     unmoved = sum(r["moved"] < UNMOVED for r in rows)
     near = sum(r["closest"] < 0.03 for r in rows)
-    print(f"{successes}/{episodes} successes; object never moved in {unmoved}; hand within 3 cm of the approach "
-          f"point in {near}; mean steps behind the object {np.mean([r['behind_steps'] for r in rows]):.1f}")
+    off_table = sum(r["off_table"] for r in rows)
+    print(f"{successes}/{episodes} successes; object never moved in {unmoved}, knocked off the table in {off_table}; "
+          f"hand within 3 cm of the approach point in {near}; mean steps behind the object "
+          f"{np.mean([r['behind_steps'] for r in rows]):.1f}")
 
 
 if __name__ == "__main__":

@@ -48,3 +48,21 @@ def test_cli_unknown_env_id_is_a_clear_error(tmp_path):
 
 def test_config_files_are_where_the_cli_looks():
     assert (REPO / "conf" / "config.yaml").is_file() and (REPO / "conf" / "eval.yaml").is_file()
+
+
+def test_complete_saved_config_fills_fields_added_since_a_checkpoint_was_written():
+    """A checkpoint written before backbone.dtype existed could not be evaluated: rebuilding its model failed
+    on the missing key. Saved values win, defaults fill the gaps, retired fields stay."""
+    from omegaconf import OmegaConf
+
+    from vla.config import complete_saved_config
+
+    cfg = train_config("backbone=towers", "backbone.hidden_size=32", "algo.init_action_std=0.2")
+    saved = OmegaConf.create(OmegaConf.to_yaml(cfg))
+    del saved.backbone["dtype"]
+    del saved.algo["init_action_std"]
+    saved.policy["retired_field"] = 1
+    completed = complete_saved_config(saved)
+    assert completed.backbone.dtype == "float32" and completed.algo.init_action_std is None
+    assert completed.backbone.hidden_size == 32 and completed.policy.retired_field == 1
+    assert completed.env == cfg.env and completed.critic == cfg.critic

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 # ----------------------------------------------------------------------------------------------------- env
@@ -575,6 +575,34 @@ class DemosConfig:
     # Where to write the dataset (None: demos.hdf5 in hydra's run directory).
     output: Optional[str] = None
     progress: bool = True
+
+
+# Each config group's schemas by the field that picks one (env: kind; the others: name), for
+# ``complete_saved_config``.
+GROUP_SCHEMAS = {
+    "env": ("kind", (GymEnvConfig, TabletopEnvConfig, RobosuiteEnvConfig)),
+    "backbone": ("name", (StateBackboneConfig, TowersBackboneConfig, HFBackboneConfig)),
+    "policy": ("name", (GaussianMLPPolicyConfig, GaussianTransformerPolicyConfig)),
+    "critic": ("name", (MLPCriticConfig, AttentionCriticConfig)),
+    "algo": ("name", (PPOConfig, BCConfig)),
+}
+
+
+def complete_saved_config(saved: DictConfig) -> DictConfig:
+    """A checkpoint's saved run config with the fields added to the schemas since it was written filled in
+    with their defaults (an older checkpoint lacks e.g. backbone.dtype, and rebuilding its model failed on the
+    missing key). Saved values win; fields the schemas no longer have are kept."""
+    completed = OmegaConf.create(OmegaConf.to_container(saved, resolve=False))
+    for group, (field_name, schemas) in GROUP_SCHEMAS.items():
+        node = completed.get(group)
+        if node is None or field_name not in node:
+            continue
+        for schema in schemas:
+            defaults = OmegaConf.structured(schema)
+            if defaults[field_name] == node[field_name]:
+                completed[group] = OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(defaults)), node)
+                break
+    return completed
 
 
 def register_configs() -> None:

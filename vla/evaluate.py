@@ -24,6 +24,7 @@ from envs import make_env, make_vector_env
 from envs.wrappers import chunk_stats
 from vla import checkpoint as ckpt
 from vla.actor_critic import ActorCritic
+from vla.config import complete_saved_config
 from vla.errors import ConfigError
 from vla.video import caption, log_video, write_video
 
@@ -317,7 +318,7 @@ def load_policy(checkpoint_path: str, device: torch.device, env_cfg=None
     ``env_cfg`` (None: the env it was trained on); refuses a checkpoint whose backbone, state size or action
     size does not fit, naming the difference."""
     loaded = ckpt.load_checkpoint(checkpoint_path)
-    train_cfg = OmegaConf.create(loaded["config_yaml"])
+    train_cfg = complete_saved_config(OmegaConf.create(loaded["config_yaml"]))
     probe = make_env(env_cfg if env_cfg is not None else train_cfg.env)
     obs_space, action_space = probe.observation_space, probe.action_space
     probe.close()
