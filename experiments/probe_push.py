@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from envs import make_env  # noqa: E402
 from envs.tabletop.tasks import PUSH_APPROACH_OFFSET, push_geometry  # noqa: E402
 from vla.evaluate import load_policy  # noqa: E402
+from vla.trainer import stack_obs  # noqa: E402
 
 UNMOVED = 0.001  # metres: an object that moved less than this was never pushed
 
@@ -35,9 +36,8 @@ def probe_episode(model, env, seed: int):
     closest, behind_steps, steps = np.inf, 0, 0
     done = False
     while not done:
-        batch = {key: value[None] if isinstance(value, np.ndarray) else [value] for key, value in obs.items()}
         with torch.no_grad():
-            action = model.act(model.to_tensors(batch), deterministic=True).action[0].cpu().numpy()
+            action = model.act(model.to_tensors(stack_obs([obs])), deterministic=True).action[0].cpu().numpy()
         obs, _, terminated, truncated, info = env.step(action)
         steps += 1
         done = terminated or truncated

@@ -61,8 +61,10 @@ def test_complete_saved_config_fills_fields_added_since_a_checkpoint_was_written
     saved = OmegaConf.create(OmegaConf.to_yaml(cfg))
     del saved.backbone["dtype"]
     del saved.algo["init_action_std"]
+    del saved.env["split"]  # a tabletop checkpoint from before env.split: its report's split is "all"
     saved.policy["retired_field"] = 1
     completed = complete_saved_config(saved)
     assert completed.backbone.dtype == "float32" and completed.algo.init_action_std is None
     assert completed.backbone.hidden_size == 32 and completed.policy.retired_field == 1
+    assert completed.env.split == "all"
     assert completed.env == cfg.env and completed.critic == cfg.critic

@@ -303,8 +303,7 @@ def evaluate_policy(model: ActorCritic, env_cfg, out_dir: Path, *, episodes: int
         heldout_rows, _ = run_episodes(model, heldout_cfg, episodes, seed, num_envs, deterministic,
                                        progress=progress)
     report = build_report(rows, checkpoint=checkpoint, config=config, deterministic=deterministic, seed=seed,
-                          split=env_cfg.get("split", "all") if env_cfg.get("kind") in HELDOUT_DESCRIPTIONS else None,
-                          heldout_rows=heldout_rows,
+                          split=env_cfg.get("split"), heldout_rows=heldout_rows,
                           holds_out=HELDOUT_DESCRIPTIONS.get(env_cfg.get("kind"), ""))
     if videos:
         report["videos"] = write_videos(rows, videos, out_dir / "videos", fps, writer=writer, step=step)
