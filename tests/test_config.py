@@ -57,7 +57,7 @@ def test_complete_saved_config_fills_fields_added_since_a_checkpoint_was_written
 
     from vla.config import complete_saved_config
 
-    cfg = train_config("backbone=towers", "backbone.hidden_size=32", "algo.init_action_std=0.2")
+    cfg = train_config("env=tabletop_reach", "backbone=towers", "backbone.hidden_size=32", "algo.init_action_std=0.2")
     saved = OmegaConf.create(OmegaConf.to_yaml(cfg))
     del saved.backbone["dtype"]
     del saved.algo["init_action_std"]
