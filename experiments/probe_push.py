@@ -69,7 +69,8 @@ def main(argv) -> None:
             rows.append(row)
             print(f"seed {seed + episode}: success {int(row['success'])}, {row['steps']} steps, object moved "
                   f"{100 * row['moved']:.1f} cm, hand's closest to the approach point {100 * row['closest']:.1f} cm, "
-                  f"{row['behind_steps']} steps behind the object{', knocked off the table' if row['off_table'] else ''}")
+                  f"{row['behind_steps']} steps behind the object"
+                  f"{', knocked off the table' if row['off_table'] else ''}")
     finally:
         env.close()
     successes = sum(r["success"] for r in rows)
