@@ -3,9 +3,15 @@ the named object moved, how close the hand came to the spot behind the object, a
 spent behind it (on the object's line to the zone, low) — a policy that parks there without pushing shows as
 many steps behind and an object that never moved.
 
-    python experiments/probe_push.py runs/<push run> [episodes=20] [seed=100000]
+    python experiments/probe_push.py runs/<push run> [episodes=20] [seed=100000] [position_error=0.03]
+        [position_noise=0.01]
 
 Reads the checkpoint's own env config (state or camera policies alike); evaluation seeds by default.
+
+For a policy trained from privileged state (``env.privileged_state=true``), ``position_error=E`` shifts the named
+object's and its goal's x-y positions in the policy's state by an offset drawn once per episode (each point its
+own, RMS length E metres), and ``position_noise=E`` by a fresh offset every step: how much success a localization
+error of a pixel policy's size costs a policy that is otherwise the same. The env itself is untouched.
 """
 
 from __future__ import annotations
@@ -29,13 +35,24 @@ from vla.trainer import stack_obs  # noqa: E402
 UNMOVED = 0.001  # metres: an object that moved less than this was never pushed
 
 
-def probe_episode(model, env, seed: int):
+# Where a privileged-state observation holds the named object's and its goal's x and y (after the 7 proprio
+# entries: object xyz, goal xyz; envs/tabletop/env.py).
+POSITION_XY = np.array([7, 8, 10, 11])
+
+
+def probe_episode(model, env, seed: int, position_error: float = 0.0, position_noise: float = 0.0):
     base = env.unwrapped
     obs, info = env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    bias = rng.normal(0.0, position_error / np.sqrt(2.0), len(POSITION_XY))  # 2-D RMS length position_error
     start = base.measures().target.copy()
     closest, behind_steps, steps = np.inf, 0, 0
     done = False
     while not done:
+        if position_error or position_noise:
+            state = obs["state"].copy()
+            state[POSITION_XY] += bias + rng.normal(0.0, position_noise / np.sqrt(2.0), len(POSITION_XY))
+            obs = dict(obs, state=state)
         with torch.no_grad():
             action = model.act(model.to_tensors(stack_obs([obs])), deterministic=True).action[0].cpu().numpy()
         obs, _, terminated, truncated, info = env.step(action)
@@ -56,16 +73,20 @@ def main(argv) -> None:
         sys.exit(__doc__)
     options = dict(arg.split("=", 1) for arg in argv[1:])
     episodes, seed = int(options.get("episodes", 20)), int(options.get("seed", 100000))
+    position_error, position_noise = (float(options.get(key, 0.0)) for key in ("position_error", "position_noise"))
     model, cfg, identity = load_policy(argv[0], torch.device("cpu"))
     if cfg.env.get("task") != "push":
         sys.exit(f"{argv[0]} was trained on env.task={cfg.env.get('task')!r}; this probe reads push runs")
+    if (position_error or position_noise) and not cfg.env.get("privileged_state"):
+        sys.exit(f"position_error / position_noise perturb the positions in a privileged state; {argv[0]} was "
+                 "trained without env.privileged_state")
     model.eval()
     env = make_env(cfg.env)
     print(f"checkpoint {identity['path']} at {identity['global_step']} env steps")
     rows = []
     try:
         for episode in range(episodes):
-            row = probe_episode(model, env, seed + episode)
+            row = probe_episode(model, env, seed + episode, position_error, position_noise)
             rows.append(row)
             print(f"seed {seed + episode}: success {int(row['success'])}, {row['steps']} steps, object moved "
                   f"{100 * row['moved']:.1f} cm, hand's closest to the approach point {100 * row['closest']:.1f} cm, "
