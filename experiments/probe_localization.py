@@ -4,7 +4,7 @@ demonstration dataset.
 A push needs the hand within about 1.5 cm of the line behind the object, so a pixel policy is only as good as
 the positions its features carry. This probe reads a tabletop demo file recorded with ``env.privileged_obs=true``
 (``vla-demos env=tabletop_push env.privileged_obs=true episodes=1000``), computes the frozen tower features of
-every frame once, then fits the trainable towers projection plus an MLP on the grounded token(s) to predict the
+its frames once (every ``--frame-stride``-th of each demo), then fits the trainable towers projection plus an MLP on the grounded token(s) to predict the
 named object's and its goal's table positions (x, y), and prints the held-out RMS error in centimetres (the last
 ``--heldout`` fraction of the demos, whole scenes) for each backbone variant side by side.
 
