@@ -4,9 +4,10 @@ demonstration dataset.
 A push needs the hand within about 1.5 cm of the line behind the object, so a pixel policy is only as good as
 the positions its features carry. This probe reads a tabletop demo file recorded with ``env.privileged_obs=true``
 (``vla-demos env=tabletop_push env.privileged_obs=true episodes=1000``), computes the frozen tower features of
-its frames once (every ``--frame-stride``-th of each demo), then fits the trainable towers projection plus an MLP on the grounded token(s) to predict the
-named object's and its goal's table positions (x, y), and prints the held-out RMS error in centimetres (the last
-``--heldout`` fraction of the demos, whole scenes) for each backbone variant side by side.
+its frames once per variant (every ``--frame-stride``-th of each demo), then fits the trainable towers
+projection plus an MLP on the grounded token(s) to predict the named object's and its goal's table positions
+(x, y), and prints the held-out RMS error in centimetres (the last ``--heldout`` fraction of the demos, whole
+scenes) for each backbone variant side by side.
 
     python experiments/probe_localization.py /tmp/demos/push_px1000.hdf5 \\
         --variant "stride 8" --variant "stride 4" backbone.image_feature_stride=4
@@ -25,7 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 from torch import nn
@@ -38,6 +38,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from envs import make_env  # noqa: E402
 from vla.actor_critic import ActorCritic  # noqa: E402
 from vla.config import register_configs  # noqa: E402
+from vla.demos import read_dataset  # noqa: E402
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 TARGETS = {"object": [0, 1], "goal": [3, 4]}  # columns of obs/privileged: named object xyz, goal xyz
@@ -46,40 +47,42 @@ TARGETS = {"object": [0, 1], "goal": [3, 4]}  # columns of obs/privileged: named
 def load(path: str, stride: int):
     """Frames (every ``stride``-th of each demo), instructions, privileged targets, demo index per frame, and
     the env settings the demos were recorded with."""
-    with h5py.File(path, "r") as f:
-        data = f["data"]
-        env_args = json.loads(data.attrs["env_args"])
-        names = sorted(data.keys(), key=lambda name: int(name.split("_")[1]))
-        obs, instructions, targets, demo = {}, [], [], []
-        for index, name in enumerate(names):
-            group = data[name]
-            rows = slice(None, None, stride)
-            for key in group["obs"]:
-                obs.setdefault(key, []).append(group["obs"][key][rows])
-            count = len(group["obs/privileged"][rows])
-            targets.append(group["obs/privileged"][rows])
-            instructions += [group.attrs["instruction"]] * count
-            demo += [index] * count
-    obs = {key: np.concatenate(value) for key, value in obs.items()}
-    return obs, instructions, np.concatenate(targets), np.array(demo), env_args, len(names)
+    dataset = read_dataset(path)
+    demos = list(dataset.demos.values())
+    obs = {key: np.concatenate([demo.obs[key][::stride] for demo in demos]) for key in demos[0].obs}
+    counts = [len(demo.actions[::stride]) for demo in demos]
+    instructions = [demo.instruction for demo, count in zip(demos, counts) for _ in range(count)]
+    demo_index = np.repeat(np.arange(len(demos)), counts)
+    return obs, instructions, obs.get("privileged"), demo_index, dataset.env_args, len(demos)
 
 
-def probe(label, overrides, env, obs, instructions, targets, train, heldout, args):
+def build_model(overrides, env, instructions, args) -> ActorCritic:
+    """A fresh model of the variant (seeded: every fit starts from the same trainable weights), its instruction
+    table holding the dataset's instructions."""
     torch.manual_seed(args.seed)
-    cameras = [key for key in env.observation_space.spaces if key.startswith("image")]
     with initialize_config_dir(config_dir=CONF, version_base=None):
         cfg = compose("config", overrides=["env=tabletop_push", "backbone=towers", "backbone.grounding_heads=4",
                                            f"backbone.hidden_size={args.width}", *overrides])
     model = ActorCritic.from_config(cfg, env.observation_space, env.action_space)
+    model.backbone.instruction_texts = sorted(set(instructions))
+    return model
+
+
+@torch.no_grad()
+def encode(model: ActorCritic, env, obs, instructions):
+    """The frozen features of every frame (the same for every fit of a variant: its trainable layers do not
+    reach them)."""
     backbone = model.backbone
-    backbone.instruction_texts = sorted(set(instructions))
+    cameras = [key for key in env.observation_space.spaces if key.startswith("image")]
     ids = torch.as_tensor([backbone.instruction_texts.index(text) for text in instructions])
-    start = time.perf_counter()
-    with torch.no_grad():
-        features = {camera: torch.cat([backbone.towers["image"](torch.as_tensor(obs[camera][i:i + 1024]))
-                                       for i in range(0, len(ids), 1024)]) for camera in cameras}
+    features = {camera: torch.cat([backbone.towers["image"](torch.as_tensor(obs[camera][i:i + 1024]))
+                                   for i in range(0, len(ids), 1024)]) for camera in cameras}
     features["instruction_id"] = ids
-    encode_seconds = time.perf_counter() - start
+    return features
+
+
+def probe(label, model, features, encode_seconds, targets, train, heldout, args):
+    backbone = model.backbone
     width = backbone.grounded_tokens * args.width
     head = nn.Sequential(nn.Linear(width, 256), nn.ReLU(), nn.Linear(256, 4))
     columns = sum(TARGETS.values(), [])
@@ -130,7 +133,7 @@ def main() -> None:
     torch.set_num_threads(1)
     register_configs()
     obs, instructions, targets, demo, env_args, demos = load(args.dataset, args.frame_stride)
-    if "privileged" not in obs:
+    if targets is None:
         sys.exit(f"{args.dataset} has no obs/privileged: record it with env.privileged_obs=true")
     overrides = [f"env.{key}={json.dumps(env_args[key])}" for key in ("task", "cameras", "image_size")]
     with initialize_config_dir(config_dir=CONF, version_base=None):
@@ -141,11 +144,15 @@ def main() -> None:
     print("| variant | train demos | step | train loss (normalized) | named object, cm | goal, cm | "
           "seconds (encode + fit) |\n|---|---:|---:|---:|---:|---:|---:|")
     for label, *variant_overrides in args.variant:
+        model = build_model(variant_overrides, env, instructions, args)
+        start = time.perf_counter()
+        features = encode(model, env, obs, instructions)
+        encode_seconds = time.perf_counter() - start
         for train_demos in args.train_demos:
             count = first_heldout if train_demos is None else min(train_demos, first_heldout)
             train = np.where(demo >= first_heldout, False, demo < count)
-            probe(f"{label} | {count}", variant_overrides, env, obs, instructions, targets, train,
-                  demo >= first_heldout, args)
+            probe(f"{label} | {count}", build_model(variant_overrides, env, instructions, args), features,
+                  encode_seconds, targets, train, demo >= first_heldout, args)
     env.close()
 
 

@@ -35,9 +35,9 @@ from vla.trainer import stack_obs  # noqa: E402
 UNMOVED = 0.001  # metres: an object that moved less than this was never pushed
 
 
-# Where a privileged-state observation holds the named object's and its goal's x and y (after the 7 proprio
-# entries: object xyz, goal xyz; envs/tabletop/env.py).
-POSITION_XY = np.array([7, 8, 10, 11])
+# Where a privileged-state observation holds the named object's and its goal's x and y: its last six entries
+# are object xyz, goal xyz (envs/tabletop/env.py).
+POSITION_XY = np.array([-6, -5, -3, -2])
 
 
 def probe_episode(model, env, seed: int, position_error: float = 0.0, position_noise: float = 0.0):
