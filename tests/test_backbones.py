@@ -189,6 +189,30 @@ def test_bfloat16_towers_cache_bfloat16_features_close_to_float32_and_project_in
         actor_critic(env, "backbone=towers", "backbone.dtype=bfloat16", "backbone.lora.rank=2")
 
 
+def test_towers_train_image_tower_fine_tunes_it_and_marks_the_checkpoint():
+    """backbone.train_image_tower: the image tower trains (so nothing is cached), its weights go into the
+    checkpoint, and a checkpoint with a fine-tuned tower does not load into a frozen-tower model."""
+    env = ImageInstructionEnv(image_size=32)
+    frozen = actor_critic(env, "backbone=towers", "backbone.hidden_size=32")
+    tuned = actor_critic(env, "backbone=towers", "backbone.hidden_size=32", "backbone.train_image_tower=true")
+    assert tuned.backbone.is_trainable and not frozen.backbone.is_trainable
+    assert not any(p.requires_grad for p in tuned.backbone.towers["text"].parameters())
+    saved = tuned.trainable_state_dict()
+    assert any(name.startswith("backbone.towers.image.") for name in saved)
+    before = {n: p.detach().clone() for n, p in tuned.backbone.towers["image"].named_parameters()}
+    optimizer = torch.optim.Adam(tuned.backbone.trainable_parameters(), lr=1e-3)
+    tuned.encode(tuned.to_tensors(batch_obs(env, 4))).hidden.pow(2).mean().backward()
+    optimizer.step()
+    assert all(not torch.equal(p, before[n]) for n, p in tuned.backbone.towers["image"].named_parameters()
+               if n.endswith("weight"))
+    assert tuned.backbone.identity()["image_tower_trained"] == "true"
+    with pytest.raises(CheckpointError, match="image_tower_trained"):
+        check_compatible({"backbone": tuned.backbone.identity(), "state_dim": 4, "action_dim": 2},
+                         backbone_identity=frozen.backbone.identity(), state_dim=4, action_dim=2, path=Path("x"))
+    with pytest.raises(ConfigError, match="backbone.lora.rank=0"):
+        actor_critic(env, "backbone=towers", "backbone.train_image_tower=true", "backbone.lora.rank=2")
+
+
 def test_towers_encode_each_distinct_instruction_once(towers_model):
     model = copy.deepcopy(towers_model)
     model.instruction_ids, model.backbone.instruction_texts = {}, []

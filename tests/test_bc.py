@@ -56,6 +56,31 @@ def test_bc_loss_falls_on_a_fixed_batch_with_cached_tower_features_and_action_ch
     trainer.logger.close()
 
 
+def test_bc_fine_tunes_the_image_tower_from_the_frames_themselves(tmp_path):
+    """With backbone.train_image_tower=true nothing is cached: BC keeps the frames and trains the tower."""
+    path = tmp_path / "push.hdf5"
+    record_demos(demos_config("env=tabletop_push", "episodes=1", "valid_fraction=0", "progress=false"), path)
+    cfg = train_config("env=tabletop_push", "algo=bc", f"dataset={path}", "backbone=towers",
+                       "backbone.hidden_size=16", "backbone.train_image_tower=true", "policy=gaussian_mlp",
+                       "algo.learning_rate=3e-3", "progress=false")
+    trainer = BCTrainer(cfg, tmp_path / "run")
+    inputs = trainer.train_data["inputs"]
+    assert not any(key.startswith("frozen/") for key in inputs) and inputs["image"].dtype == torch.uint8
+    tower = trainer.model.backbone.towers["image"]
+    before = [p.detach().clone() for p in tower.parameters()]
+    batch = torch.arange(8)
+    losses = []
+    for _ in range(30):
+        nll, _, _ = trainer.losses(trainer.train_data, batch)
+        trainer.optimizer.zero_grad()
+        nll.backward()
+        trainer.optimizer.step()
+        losses.append(nll.item())
+    assert np.isfinite(losses).all() and losses[-1] < losses[0] - 1.0, losses[::5]
+    assert all(not torch.equal(p, q) for p, q in zip(tower.parameters(), before))
+    trainer.logger.close()
+
+
 def test_bc_trains_the_auxiliary_privileged_head_beside_the_nll(tmp_path):
     path = tmp_path / "push.hdf5"
     record_demos(demos_config("env=tabletop_push", "env.privileged_obs=true", "episodes=2", "valid_fraction=0",

