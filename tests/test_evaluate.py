@@ -1,6 +1,10 @@
-"""Evaluation: Wilson intervals, reports that match the env, videos, best checkpoint, collapse warnings."""
+"""Evaluation: Wilson intervals, reports that match the env, videos, best checkpoint, collapse warnings, paired
+comparison of two reports."""
 
+import importlib.util
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +16,8 @@ from tests.conftest import train_config
 from vla.actor_critic import ActOutput
 from vla.evaluate import build_report, run_episodes, wilson_interval
 from vla.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("successes,n,low,high", [
@@ -97,3 +103,24 @@ def test_periodic_eval_logs_and_keeps_best_checkpoint_and_videos(tmp_path, small
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     assert [e.step for e in events.Scalars("eval/success_rate")] == [128, 256]
+
+
+def test_compare_reports_pairs_episodes_by_seed(tmp_path):
+    """experiments/compare_reports.py compares lengths only on the episodes both policies solve."""
+    spec = importlib.util.spec_from_file_location("compare_reports", ROOT / "experiments" / "compare_reports.py")
+    compare_reports = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare_reports)
+
+    def report(name, rows):
+        rows = [{"seed": seed, "success": step is not None, "first_success_step": step} for seed, step in rows]
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "report.json").write_text(json.dumps({"episode_rows": rows}))
+        return compare_reports.episode_rows(str(tmp_path / name))
+
+    # Seed 3 is solved only by the second policy (late: it must not count against it), seed 4 only by the first.
+    first = report("a", [(0, 30), (1, 40), (2, 50), (3, None), (4, 20)])
+    second = report("b", [(0, 20), (1, 30), (2, 40), (3, 140), (4, None)])
+    text = compare_reports.compare(first, second)
+    assert "solved only by the first 1, only by the second 1" in text
+    assert "3 solved by both: first success at step 40.0 -> 30.0, paired change -10.0" in text
+    assert "sooner in 3, later in 0" in text
