@@ -6,8 +6,10 @@ the positions its features carry. This probe reads a tabletop demo file recorded
 (``vla-demos env=tabletop_push env.privileged_obs=true episodes=1000``), computes the frozen tower features of
 its frames once per variant (every ``--frame-stride``-th of each demo), then fits the trainable towers
 projection plus an MLP on the grounded token(s) to predict the named object's and its goal's table positions
-(x, y), and prints the held-out RMS error in centimetres (the last ``--heldout`` fraction of the demos, whole
-scenes) for each backbone variant side by side.
+(x, y), and prints the held-out error in centimetres (RMS, median and 90th percentile over the frames of the last
+``--heldout`` fraction of the demos, whole scenes) for each backbone variant side by side. A variant
+whose towers train (``backbone.train_image_tower=true``, or LoRA adapters) fits them too, encoding the frames at
+every step: about 0.4 s per step of 128 frames on one core here, against 0.1 s per step of 256 frames frozen.
 
     python experiments/probe_localization.py /tmp/demos/push_px1000.hdf5 \\
         --variant "stride 8" --variant "stride 4" backbone.image_feature_stride=4
@@ -71,12 +73,16 @@ def build_model(overrides, env, instructions, args) -> ActorCritic:
 @torch.no_grad()
 def encode(model: ActorCritic, env, obs, instructions):
     """The frozen features of every frame (the same for every fit of a variant: its trainable layers do not
-    reach them)."""
+    reach them); when the towers train (``backbone.train_image_tower=true``, LoRA) the frames themselves,
+    which the towers encode at every step."""
     backbone = model.backbone
     cameras = [key for key in env.observation_space.spaces if key.startswith("image")]
     ids = torch.as_tensor([backbone.instruction_texts.index(text) for text in instructions])
-    features = {camera: torch.cat([backbone.towers["image"](torch.as_tensor(obs[camera][i:i + 1024]))
-                                   for i in range(0, len(ids), 1024)]) for camera in cameras}
+    if backbone.is_trainable:
+        features = {camera: torch.as_tensor(obs[camera]) for camera in cameras}
+    else:
+        features = {camera: torch.cat([backbone.towers["image"](torch.as_tensor(obs[camera][i:i + 1024]))
+                                       for i in range(0, len(ids), 1024)]) for camera in cameras}
     features["instruction_id"] = ids
     return features
 
@@ -89,13 +95,14 @@ def probe(label, model, features, encode_seconds, targets, train, heldout, args)
     y = torch.as_tensor(targets[:, columns])
     mean, std = y[train].mean(0), y[train].std(0)
     y_norm = (y - mean) / std
-    params = list(backbone.projection.parameters()) + list(head.parameters())
+    params = backbone.trainable_parameters() + list(head.parameters())
     optimizer = torch.optim.Adam(params, lr=args.lr)
     train_idx = torch.nonzero(torch.as_tensor(train)).flatten()
     valid_idx = torch.nonzero(torch.as_tensor(heldout)).flatten()
 
     def predict(idx):
-        tokens = backbone.project({key: value[idx] for key, value in features.items()})
+        batch = {key: value[idx] for key, value in features.items()}
+        tokens = backbone.project(backbone.encode_frozen(batch) if backbone.is_trainable else batch)
         return head(tokens.hidden[:, :backbone.grounded_tokens].flatten(1))
 
     start = time.perf_counter()
@@ -107,11 +114,16 @@ def probe(label, model, features, encode_seconds, targets, train, heldout, args)
         optimizer.step()
         if step % args.every == 0 or step == args.steps:
             with torch.no_grad():
-                errors = torch.cat([predict(valid_idx[i:i + 2048]) for i in range(0, len(valid_idx), 2048)])
+                errors = torch.cat([predict(valid_idx[i:i + 1024]) for i in range(0, len(valid_idx), 1024)])
                 errors = errors * std + mean - y[valid_idx]  # metres
-            rms = {name: 100 * errors[:, 2 * k:2 * k + 2].pow(2).sum(1).mean().sqrt().item()
-                   for k, name in enumerate(TARGETS)}
-            print(f"| {label} | {step} | {loss.item():.3f} | {rms['object']:.2f} | {rms['goal']:.2f} | "
+            # RMS, and the median and 90th percentile: a few confusions with another object weigh on the RMS
+            # as much as a small error on every frame, and the two need different fixes.
+            cells = []
+            for k in range(len(TARGETS)):
+                distance = 100 * errors[:, 2 * k:2 * k + 2].pow(2).sum(1).sqrt()
+                cells.append(f"{distance.pow(2).mean().sqrt():.2f} ({distance.median():.2f}, "
+                             f"{distance.quantile(0.9):.2f})")
+            print(f"| {label} | {step} | {loss.item():.3f} | {' | '.join(cells)} | "
                   f"{encode_seconds:.0f} + {time.perf_counter() - start:.0f} |", flush=True)
 
 
@@ -140,9 +152,9 @@ def main() -> None:
         env = make_env(compose("config", overrides=["env=tabletop_push", *overrides]).env)
     first_heldout = int(round((1 - args.heldout) * demos))
     print(f"{len(demo)} frames of {demos} demos ({(demo >= first_heldout).sum()} frames of the last "
-          f"{args.heldout:.0%} held out); held-out RMS error of the x-y position, cm\n")
-    print("| variant | train demos | step | train loss (normalized) | named object, cm | goal, cm | "
-          "seconds (encode + fit) |\n|---|---:|---:|---:|---:|---:|---:|")
+          f"{args.heldout:.0%} held out); held-out error of the x-y position, cm\n")
+    print("| variant | train demos | step | train loss (normalized) | named object, cm: RMS (median, 90th "
+          "percentile) | goal, cm | seconds (encode + fit) |\n|---|---:|---:|---:|---:|---:|---:|")
     for label, *variant_overrides in args.variant:
         model = build_model(variant_overrides, env, instructions, args)
         start = time.perf_counter()

@@ -1,12 +1,15 @@
 """What a tabletop push policy does near the object: per deterministic episode, whether it succeeded, how far
 the named object moved, how close the hand came to the spot behind the object, and how many steps the hand
 spent behind it (on the object's line to the zone, low) — a policy that parks there without pushing shows as
-many steps behind and an object that never moved.
+many steps behind and an object that never moved — and how often the hand moved at the action bound (2 cm per
+step on some axis: an episode cannot get much shorter when nearly every step is there).
 
     python experiments/probe_push.py runs/<push run> [episodes=20] [seed=100000] [position_error=0.03]
-        [position_noise=0.01]
+        [position_noise=0.01] [expert=true]
 
 Reads the checkpoint's own env config (state or camera policies alike); evaluation seeds by default.
+``expert=true`` drives the scripted expert (``envs/tabletop/expert.py``, the demonstrations' source) on that
+env instead of the checkpoint's policy.
 
 For a policy trained from privileged state (``env.privileged_state=true``), ``position_error=E`` shifts the named
 object's and its goal's x-y positions in the policy's state by an offset drawn once per episode (each point its
@@ -29,10 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from envs import make_env  # noqa: E402
 from envs.tabletop.tasks import PUSH_APPROACH_OFFSET, push_geometry  # noqa: E402
+from vla.demos import scripted_expert  # noqa: E402
 from vla.evaluate import load_policy  # noqa: E402
 from vla.trainer import stack_obs  # noqa: E402
 
 UNMOVED = 0.001  # metres: an object that moved less than this was never pushed
+AT_BOUND = 0.975  # a normalized hand action at least this large on some axis moves at the action bound
 
 
 # Where a privileged-state observation holds the named object's and its goal's x and y: its last six entries
@@ -40,21 +45,28 @@ UNMOVED = 0.001  # metres: an object that moved less than this was never pushed
 POSITION_XY = np.array([-6, -5, -3, -2])
 
 
-def probe_episode(model, env, seed: int, position_error: float = 0.0, position_noise: float = 0.0):
+def probe_episode(model, env, seed: int, position_error: float = 0.0, position_noise: float = 0.0,
+                  expert=None):
+    """One deterministic episode of ``model`` (or, with ``expert`` the env's config, of the scripted expert)."""
     base = env.unwrapped
     obs, info = env.reset(seed=seed)
+    expert_action = scripted_expert(env, expert) if expert is not None else None
     rng = np.random.default_rng(seed)
     bias = rng.normal(0.0, position_error / np.sqrt(2.0), len(POSITION_XY))  # 2-D RMS length position_error
     start = base.measures().target.copy()
-    closest, behind_steps, steps = np.inf, 0, 0
+    closest, behind_steps, steps, bound_steps = np.inf, 0, 0, 0
     done = False
     while not done:
         if position_error or position_noise:
             state = obs["state"].copy()
             state[POSITION_XY] += bias + rng.normal(0.0, position_noise / np.sqrt(2.0), len(POSITION_XY))
             obs = dict(obs, state=state)
-        with torch.no_grad():
-            action = model.act(model.to_tensors(stack_obs([obs])), deterministic=True).action[0].cpu().numpy()
+        if expert_action is not None:
+            action = expert_action()
+        else:
+            with torch.no_grad():
+                action = model.act(model.to_tensors(stack_obs([obs])), deterministic=True).action[0].cpu().numpy()
+        bound_steps += bool(np.abs(action[:3]).max() >= AT_BOUND)
         obs, _, terminated, truncated, info = env.step(action)
         steps += 1
         done = terminated or truncated
@@ -65,7 +77,8 @@ def probe_episode(model, env, seed: int, position_error: float = 0.0, position_n
         behind_steps += geometry.behind
     end = base.measures().target
     return {"success": bool(info["success"]), "steps": steps, "moved": float(np.linalg.norm(end[:2] - start[:2])),
-            "closest": closest, "behind_steps": behind_steps, "off_table": bool(end[2] < 0.0)}
+            "closest": closest, "behind_steps": behind_steps, "off_table": bool(end[2] < 0.0),
+            "at_bound": bound_steps / steps}
 
 
 def main(argv) -> None:
@@ -80,18 +93,21 @@ def main(argv) -> None:
     if (position_error or position_noise) and not cfg.env.get("privileged_state"):
         sys.exit(f"position_error / position_noise perturb the positions in a privileged state; {argv[0]} was "
                  "trained without env.privileged_state")
+    use_expert = options.get("expert", "false").lower() == "true"
     model.eval()
     env = make_env(cfg.env)
-    print(f"checkpoint {identity['path']} at {identity['global_step']} env steps")
+    print(f"{'the scripted expert on the env of ' if use_expert else ''}checkpoint {identity['path']} at "
+          f"{identity['global_step']} env steps")
     rows = []
     try:
         for episode in range(episodes):
-            row = probe_episode(model, env, seed + episode, position_error, position_noise)
+            row = probe_episode(model, env, seed + episode, position_error, position_noise,
+                                expert=cfg.env if use_expert else None)
             rows.append(row)
             print(f"seed {seed + episode}: success {int(row['success'])}, {row['steps']} steps, object moved "
                   f"{100 * row['moved']:.1f} cm, hand's closest to the approach point {100 * row['closest']:.1f} cm, "
-                  f"{row['behind_steps']} steps behind the object"
-                  f"{', knocked off the table' if row['off_table'] else ''}")
+                  f"{row['behind_steps']} steps behind the object, {row['at_bound']:.0%} of steps at the action "
+                  f"bound{', knocked off the table' if row['off_table'] else ''}")
     finally:
         env.close()
     successes = sum(r["success"] for r in rows)
@@ -101,6 +117,10 @@ def main(argv) -> None:
     print(f"{successes}/{episodes} successes; object never moved in {unmoved}, knocked off the table in {off_table}; "
           f"hand within 3 cm of the approach point in {near}; mean steps behind the object "
           f"{np.mean([r['behind_steps'] for r in rows]):.1f}")
+    solved = [r for r in rows if r["success"]]
+    if solved:
+        print(f"successful episodes: {np.mean([r['steps'] for r in solved]):.1f} steps on average, the hand at the "
+              f"action bound in {np.mean([r['at_bound'] for r in solved]):.0%} of their steps")
 
 
 if __name__ == "__main__":
