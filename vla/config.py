@@ -178,8 +178,8 @@ class TowersBackboneConfig(BackboneConfig):
     # Not with LoRA adapters (they would train in bfloat16).
     dtype: str = "float32"
     # Fine-tune the whole image tower (its 54k parameters up to stride 8, more at deeper strides) with the
-    # projection; its features are then recomputed in every update instead of cached. Fine-tuned, the grounded
-    # token's median error in placing the named push object fell by about 30% (experiments/results/tabletop_push.md).
+    # projection; its features are then recomputed in every update instead of cached. On tabletop push it placed
+    # the named object more precisely in a probe, but did not raise BC success (experiments/results/tabletop_push.md).
     # Not with LoRA adapters or bfloat16 towers.
     train_image_tower: bool = False
     # MiniLM's attention projections are named query/key/value.
