@@ -33,6 +33,18 @@ def demos(tmp_path_factory):
     return path
 
 
+def fit_fixed_batch(trainer: BCTrainer, batch: torch.Tensor, steps: int) -> list:
+    """The BC loss of ``steps`` optimizer steps on the same training samples."""
+    losses = []
+    for _ in range(steps):
+        nll, _, _ = trainer.losses(trainer.train_data, batch)
+        trainer.optimizer.zero_grad()
+        nll.backward()
+        trainer.optimizer.step()
+        losses.append(nll.item())
+    return losses
+
+
 def test_bc_loss_falls_on_a_fixed_batch_with_cached_tower_features_and_action_chunks(tmp_path):
     path = tmp_path / "push.hdf5"
     record_demos(demos_config("env=tabletop_push", "episodes=2", "valid_fraction=0", "progress=false"), path)
@@ -44,14 +56,7 @@ def test_bc_loss_falls_on_a_fixed_batch_with_cached_tower_features_and_action_ch
     inputs = trainer.train_data["inputs"]
     assert any(key.startswith("frozen/") for key in inputs) and "image" not in inputs  # computed once, cached
     assert trainer.train_data["actions"].shape[1] == 8 and trainer.train_data["mask"][-1].tolist() == [1] * 4 + [0] * 4
-    batch = torch.arange(16)
-    losses = []
-    for _ in range(60):
-        nll, _, _ = trainer.losses(trainer.train_data, batch)
-        trainer.optimizer.zero_grad()
-        nll.backward()
-        trainer.optimizer.step()
-        losses.append(nll.item())
+    losses = fit_fixed_batch(trainer, torch.arange(16), steps=60)
     assert np.isfinite(losses).all() and losses[-1] < losses[0] - 3.0, losses[::10]
     trainer.logger.close()
 
@@ -68,14 +73,7 @@ def test_bc_fine_tunes_the_image_tower_from_the_frames_themselves(tmp_path):
     assert not any(key.startswith("frozen/") for key in inputs) and inputs["image"].dtype == torch.uint8
     tower = trainer.model.backbone.towers["image"]
     before = [p.detach().clone() for p in tower.parameters()]
-    batch = torch.arange(8)
-    losses = []
-    for _ in range(30):
-        nll, _, _ = trainer.losses(trainer.train_data, batch)
-        trainer.optimizer.zero_grad()
-        nll.backward()
-        trainer.optimizer.step()
-        losses.append(nll.item())
+    losses = fit_fixed_batch(trainer, torch.arange(8), steps=30)
     assert np.isfinite(losses).all() and losses[-1] < losses[0] - 1.0, losses[::5]
     assert all(not torch.equal(p, q) for p, q in zip(tower.parameters(), before))
     trainer.logger.close()
