@@ -71,20 +71,18 @@ def build_model(overrides, env, instructions, args) -> ActorCritic:
 
 
 @torch.no_grad()
-def encode(model: ActorCritic, env, obs, instructions):
+def encode(model: ActorCritic, obs, instructions):
     """The frozen features of every frame (the same for every fit of a variant: its trainable layers do not
     reach them); when the towers train (``backbone.train_image_tower=true``, LoRA) the frames themselves,
     which the towers encode at every step."""
     backbone = model.backbone
-    cameras = [key for key in env.observation_space.spaces if key.startswith("image")]
-    ids = torch.as_tensor([backbone.instruction_texts.index(text) for text in instructions])
+    frames = {camera: torch.as_tensor(obs[camera]) for camera in backbone.cameras}
+    frames["instruction_id"] = torch.as_tensor([backbone.instruction_texts.index(text) for text in instructions])
     if backbone.is_trainable:
-        features = {camera: torch.as_tensor(obs[camera]) for camera in cameras}
-    else:
-        features = {camera: torch.cat([backbone.towers["image"](torch.as_tensor(obs[camera][i:i + 1024]))
-                                       for i in range(0, len(ids), 1024)]) for camera in cameras}
-    features["instruction_id"] = ids
-    return features
+        return frames
+    pieces = [backbone.encode_frozen({key: value[i:i + 1024] for key, value in frames.items()})
+              for i in range(0, len(instructions), 1024)]
+    return {key: torch.cat([piece[key] for piece in pieces]) for key in pieces[0]}
 
 
 def probe(label, model, features, encode_seconds, targets, train, heldout, args):
@@ -158,7 +156,7 @@ def main() -> None:
     for label, *variant_overrides in args.variant:
         model = build_model(variant_overrides, env, instructions, args)
         start = time.perf_counter()
-        features = encode(model, env, obs, instructions)
+        features = encode(model, obs, instructions)
         encode_seconds = time.perf_counter() - start
         for train_demos in args.train_demos:
             count = first_heldout if train_demos is None else min(train_demos, first_heldout)
