@@ -4,7 +4,6 @@ comparison of two reports."""
 import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,12 +11,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from envs import make_env
-from tests.conftest import train_config
+from tests.conftest import REPO, train_config
 from vla.actor_critic import ActOutput
 from vla.evaluate import build_report, run_episodes, wilson_interval
 from vla.trainer import Trainer
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("successes,n,low,high", [
@@ -107,7 +104,7 @@ def test_periodic_eval_logs_and_keeps_best_checkpoint_and_videos(tmp_path, small
 
 def test_compare_reports_pairs_episodes_by_seed(tmp_path):
     """experiments/compare_reports.py compares lengths only on the episodes both policies solve."""
-    spec = importlib.util.spec_from_file_location("compare_reports", ROOT / "experiments" / "compare_reports.py")
+    spec = importlib.util.spec_from_file_location("compare_reports", REPO / "experiments" / "compare_reports.py")
     compare_reports = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(compare_reports)
 

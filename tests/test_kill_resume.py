@@ -93,6 +93,14 @@ def _resume_point(run_dir: Path):
     return checkpoint, ckpt.load_checkpoint(checkpoint)["state"]["global_step"]
 
 
+def _resume_after_kill(run_dir: Path, updates: int, launch_dir: Path) -> subprocess.Popen:
+    """Resume the killed run; returns once it says it resumed from the intact checkpoint ``latest`` names."""
+    checkpoint, step = _resume_point(run_dir)
+    proc = _start(run_dir, updates, launch_dir, resume=True)
+    _read_until(proc, f"resumed from {checkpoint} at env step {step}")
+    return proc
+
+
 def _scalars(tb_dir: Path, tag: str):
     accumulator = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
     accumulator.Reload()
@@ -136,9 +144,7 @@ def test_sigkill_during_a_checkpoint_write_then_resume_continues_the_same_run(tm
             break
         # The write finished between being seen and the kill landing (a write takes milliseconds): that kill
         # was an ordinary one, so resume from it and try again.
-        checkpoint, step = _resume_point(run_dir)
-        proc = _start(run_dir, updates, tmp_path / f"retry{attempt}", resume=True)
-        _read_until(proc, f"resumed from {checkpoint} at env step {step}")
+        proc = _resume_after_kill(run_dir, updates, tmp_path / f"retry{attempt}")
         _wait_for_training(proc, run_dir, _latest(run_dir))
     else:
         pytest.fail("three kills in a row missed the checkpoint write")
@@ -162,11 +168,10 @@ def test_repeated_sigkills_at_random_moments_and_during_checkpoint_writes(tmp_pa
         else:
             time.sleep(rng.uniform(0.05, 0.5))
             _kill(proc)
-        checkpoint, step = _resume_point(run_dir)
         launch_dir = tmp_path / f"resume{kill}"
         if kill < 3:
-            proc = _start(run_dir, updates, launch_dir, resume=True)
-            _read_until(proc, f"resumed from {checkpoint} at env step {step}")
+            proc = _resume_after_kill(run_dir, updates, launch_dir)
+    checkpoint, step = _resume_point(run_dir)
     _finish(run_dir, updates, launch_dir, checkpoint, step)
     assert not _partial_writes(run_dir)
     _check_finished_run_equals_uninterrupted(run_dir, updates, tmp_path)
