@@ -44,6 +44,7 @@ from vla.demos import read_dataset  # noqa: E402
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 TARGETS = {"object": [0, 1], "goal": [3, 4]}  # columns of obs/privileged: named object xyz, goal xyz
+NEAR = 0.08  # metres: frames with the hand this close to the named object (x-y), where it may hide it, apart
 
 
 def load(path: str, stride: int):
@@ -85,7 +86,17 @@ def encode(model: ActorCritic, obs, instructions):
     return {key: torch.cat([piece[key] for piece in pieces]) for key in pieces[0]}
 
 
-def probe(label, model, features, encode_seconds, targets, train, heldout, args):
+def split_by_scene(errors: torch.Tensor, scene: torch.Tensor) -> tuple:
+    """RMS (cm) of the per-scene mean error (a bias that holds over a whole episode, which a closed-loop policy
+    cannot average away) and of what is left within each scene (frame-to-frame error, e.g. while the hand
+    hides the object), for one target's x-y ``errors`` (metres, one row per frame of ``scene``)."""
+    _, inverse, counts = torch.unique(scene, return_inverse=True, return_counts=True)
+    means = torch.zeros(len(counts), 2, dtype=errors.dtype).index_add_(0, inverse, errors) / counts[:, None]
+    bias = means[inverse]
+    return 100 * bias.pow(2).sum(1).mean().sqrt().item(), 100 * (errors - bias).pow(2).sum(1).mean().sqrt().item()
+
+
+def probe(label, model, features, encode_seconds, targets, train, heldout, scene, near, args):
     backbone = model.backbone
     width = backbone.grounded_tokens * args.width
     head = nn.Sequential(nn.Linear(width, 256), nn.ReLU(), nn.Linear(256, 4))
@@ -123,6 +134,16 @@ def probe(label, model, features, encode_seconds, targets, train, heldout, args)
                              f"{distance.quantile(0.9):.2f})")
             print(f"| {label} | {step} | {loss.item():.3f} | {' | '.join(cells)} | "
                   f"{encode_seconds:.0f} + {time.perf_counter() - start:.0f} |", flush=True)
+    scenes = torch.as_tensor(scene)[valid_idx]
+    parts = [split_by_scene(errors[:, 2 * k:2 * k + 2], scenes) for k in range(len(TARGETS))]
+    print(f"  {label}, final held-out error split, cm (per-scene bias / within-scene): "
+          + ", ".join(f"{name} {between:.2f} / {within:.2f}" for name, (between, within) in zip(TARGETS, parts)),
+          flush=True)
+    close = torch.as_tensor(near)[valid_idx]
+    distance = 100 * errors[:, 0:2].pow(2).sum(1).sqrt()
+    print(f"  {label}, named object's RMS error with the hand within {NEAR * 100:.0f} cm of it (x-y; "
+          f"{close.float().mean():.0%} of the frames) / farther, cm: {distance[close].pow(2).mean().sqrt():.2f} / "
+          f"{distance[~close].pow(2).mean().sqrt():.2f}", flush=True)
 
 
 def main() -> None:
@@ -149,6 +170,7 @@ def main() -> None:
     with initialize_config_dir(config_dir=CONF, version_base=None):
         env = make_env(compose("config", overrides=["env=tabletop_push", *overrides]).env)
     first_heldout = int(round((1 - args.heldout) * demos))
+    near = np.linalg.norm(obs["state"][:, :2] - targets[:, :2], axis=1) < NEAR  # state: hand xyz first
     print(f"{len(demo)} frames of {demos} demos ({(demo >= first_heldout).sum()} frames of the last "
           f"{args.heldout:.0%} held out); held-out error of the x-y position, cm\n")
     print("| variant | train demos | step | train loss (normalized) | named object, cm: RMS (median, 90th "
@@ -162,7 +184,7 @@ def main() -> None:
             count = first_heldout if train_demos is None else min(train_demos, first_heldout)
             train = np.where(demo >= first_heldout, False, demo < count)
             probe(f"{label} | {count}", build_model(variant_overrides, env, instructions, args), features,
-                  encode_seconds, targets, train, demo >= first_heldout, args)
+                  encode_seconds, targets, train, demo >= first_heldout, demo, near, args)
     env.close()
 
 

@@ -56,7 +56,8 @@ class TabletopEnvConfig(EnvConfig):
     max_objects: Optional[int] = None
     # Camera observations (uint8 HxWx3 under obs["image"]); False: state only.
     use_camera: bool = True
-    # "front" (over the table, facing the robot's workspace) and/or "wrist" (rides on the gripper). The first
+    # "front" (over the table, facing the robot's workspace), "wrist" (rides on the gripper) and/or "top" (straight
+    # down on the placement square and the zones, about 0.7 cm per pixel at 64 px). The first
     # is obs["image"], further ones obs["<name>_image"].
     cameras: List[str] = field(default_factory=lambda: ["front"])
     image_size: int = 64
