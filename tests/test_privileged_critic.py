@@ -90,3 +90,34 @@ def test_auxiliary_head_learns_privileged_state_from_the_actors_features(source)
     assert losses[-1] < 0.3 * losses[0]
     projection = next(model.backbone.projection.parameters())
     assert projection.requires_grad  # the actor's inputs (projection, expert) are what the loss shapes
+
+
+def test_huber_auxiliary_loss_matches_mse_on_small_errors_and_grows_linearly_on_outliers():
+    torch.manual_seed(0)
+    losses = {}
+    for kind in ("mse", "huber"):
+        model, batch = model_and_obs("algo.privileged_aux_coef=1.0", "critic.privileged=false",
+                                     f"algo.privileged_aux_loss={kind}")
+        obs = model.to_tensors(batch, update_stats=True)
+        out = model.act(obs)
+        with torch.no_grad():  # the head predicts zeros: the error is minus the (normalized) target
+            model.privileged_aux.weight.zero_()
+            model.privileged_aux.bias.zero_()
+        inputs = dict(out.update_inputs)
+        small = inputs["privileged"].clamp(-0.9, 0.9)
+        for name, target in (("small", small), ("outlier", small + torch.where(small >= 0, 9.0, -9.0))):
+            model.evaluate(dict(inputs, privileged=target), out.action)
+            losses[kind, name] = float(model.aux_loss)
+            expected = target.pow(2) if kind == "mse" or name == "small" else 2 * target.abs() - 1
+            assert losses[kind, name] == pytest.approx(float(expected.mean()), rel=1e-5), (kind, name)
+    assert losses["huber", "small"] == pytest.approx(losses["mse", "small"])
+    assert losses["huber", "outlier"] < 0.25 * losses["mse", "outlier"]
+
+
+def test_unknown_auxiliary_loss_is_a_clear_error():
+    cfg = train_config(*PRIVILEGED, "env.use_camera=false", "algo.privileged_aux_coef=1.0",
+                       "algo.privileged_aux_loss=l1")
+    env = make_env(cfg.env)
+    with pytest.raises(ConfigError, match="algo.privileged_aux_loss='l1'"):
+        ActorCritic.from_config(cfg, env.observation_space, env.action_space)
+    env.close()

@@ -45,7 +45,8 @@ class ActOutput:
 class ActorCritic(nn.Module):
     def __init__(self, backbone: Backbone, expert: nn.Module, critic: nn.Module, state_dim: int,
                  norm_state: bool, clip: float, privileged_dim: int = 0, privileged_critic: bool = False,
-                 privileged_aux: bool = False, privileged_aux_source: str = "expert"):
+                 privileged_aux: bool = False, privileged_aux_source: str = "expert",
+                 privileged_aux_loss: str = "mse"):
         super().__init__()
         self.backbone = backbone
         self.expert = expert
@@ -63,6 +64,10 @@ class ActorCritic(nn.Module):
                               "expert's features) or 'first_token' (the backbone's first token, e.g. the towers' "
                               "grounded token)")
         self.privileged_aux_source = privileged_aux_source
+        if privileged_aux_loss not in ("mse", "huber"):
+            raise ConfigError(f"algo.privileged_aux_loss={privileged_aux_loss!r}; use 'mse' (squared error) or "
+                              "'huber' (squared below 1, linear above: outliers weigh less)")
+        self.privileged_aux_loss = privileged_aux_loss
         aux_width = expert.feature_dim if privileged_aux_source == "expert" else backbone.hidden_size
         self.privileged_aux = nn.Linear(aux_width, privileged_dim) if privileged_aux else None
         self.aux_loss: Optional[torch.Tensor] = None  # of the last ``evaluate`` call, with gradients
@@ -91,7 +96,8 @@ class ActorCritic(nn.Module):
         critic = build_critic(cfg.critic, backbone.hidden_size, critic_state_dim, backbone.grounded_tokens)
         return cls(backbone, expert, critic, state_dim, cfg.algo.norm_state, cfg.algo.clip_norm, privileged_dim,
                    privileged_critic=cfg.critic.privileged, privileged_aux=privileged_aux,
-                   privileged_aux_source=cfg.algo.get("privileged_aux_source", "expert"))
+                   privileged_aux_source=cfg.algo.get("privileged_aux_source", "expert"),
+                   privileged_aux_loss=cfg.algo.get("privileged_aux_loss", "mse"))
 
     @property
     def actions_per_decision(self) -> int:
@@ -198,7 +204,11 @@ class ActorCritic(nn.Module):
                 dist, features = self.expert(tokens, head_state, return_features=True)
             else:
                 dist, features = self.expert(tokens, head_state), tokens.hidden[:, 0]
-            self.aux_loss = (self.privileged_aux(features) - privileged).pow(2).mean()
+            error = self.privileged_aux(features) - privileged
+            if self.privileged_aux_loss == "huber":  # twice torch's Huber loss: error^2 below 1, 2|error| - 1 above
+                self.aux_loss = torch.where(error.abs() < 1.0, error.pow(2), 2.0 * error.abs() - 1.0).mean()
+            else:
+                self.aux_loss = error.pow(2).mean()
         else:
             dist = self.expert(tokens, head_state)
         if not self.privileged_critic:

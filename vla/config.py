@@ -363,6 +363,11 @@ class PPOConfig(AlgoConfig):
     # supervised signal shapes the grounding directly instead of competing with the policy gradient inside the
     # expert).
     privileged_aux_source: str = "expert"
+    # "mse": squared error of the normalized values; "huber": squared below 1 (the same as mse there) and linear
+    # above, so rare frames far outside the normalization (a tabletop object knocked off the table sits 160
+    # standard deviations below the table in z, clipped to 10) cannot carry the loss, nor its share of the
+    # gradient norm that PPO clips jointly with the policy's.
+    privileged_aux_loss: str = "mse"
 
 
 @dataclass
@@ -401,6 +406,8 @@ class BCConfig(AlgoConfig):
     privileged_aux_coef: float = 0.0
     # "expert" (the action expert's last features) or "first_token" (the backbone's first token).
     privileged_aux_source: str = "expert"
+    # "mse" or "huber", as PPO's privileged_aux_loss.
+    privileged_aux_loss: str = "mse"
 
 
 # ------------------------------------------------------------------------------------------- the whole run
