@@ -11,6 +11,10 @@ Reads the checkpoint's own env config (state or camera policies alike); evaluati
 ``expert=true`` drives the scripted expert (``envs/tabletop/expert.py``, the demonstrations' source) on that
 env instead of the checkpoint's policy.
 
+For a policy with an auxiliary position head (``algo.privileged_aux_coef``; camera policies), the probe also
+reports that head's error in placing the named object and its goal along the episodes: on the policy's own
+states, or with ``expert=true`` on the expert's, the states its demonstrations show.
+
 For a policy trained from privileged state (``env.privileged_state=true``), ``position_error=E`` shifts the named
 object's and its goal's x-y positions in the policy's state by an offset drawn once per episode (each point its
 own, RMS length E metres), and ``position_noise=E`` by a fresh offset every step: how much success a localization
@@ -55,17 +59,22 @@ def probe_episode(model, env, seed: int, position_error: float = 0.0, position_n
     bias = rng.normal(0.0, position_error / np.sqrt(2.0), len(POSITION_XY))  # 2-D RMS length position_error
     start = base.measures().target.copy()
     closest, behind_steps, steps, bound_steps = np.inf, 0, 0, 0
+    reads_aux = model.privileged_aux is not None and "privileged" in obs
+    aux_errors = []
     done = False
     while not done:
         if position_error or position_noise:
             state = obs["state"].copy()
             state[POSITION_XY] += bias + rng.normal(0.0, position_noise / np.sqrt(2.0), len(POSITION_XY))
             obs = dict(obs, state=state)
-        if expert_action is not None:
-            action = expert_action()
-        else:
-            with torch.no_grad():
-                action = model.act(model.to_tensors(stack_obs([obs])), deterministic=True).action[0].cpu().numpy()
+        with torch.no_grad():
+            tensors = model.to_tensors(stack_obs([obs]))
+            if reads_aux:
+                aux_errors.append(aux_position_errors(model, tensors, obs["privileged"]))
+            if expert_action is not None:
+                action = expert_action()
+            else:
+                action = model.act(tensors, deterministic=True).action[0].cpu().numpy()
         bound_steps += bool(np.abs(action[:3]).max() >= AT_BOUND)
         obs, _, terminated, truncated, info = env.step(action)
         steps += 1
@@ -78,7 +87,25 @@ def probe_episode(model, env, seed: int, position_error: float = 0.0, position_n
     end = base.measures().target
     return {"success": bool(info["success"]), "steps": steps, "moved": float(np.linalg.norm(end[:2] - start[:2])),
             "closest": closest, "behind_steps": behind_steps, "off_table": bool(end[2] < 0.0),
-            "at_bound": bound_steps / steps}
+            "at_bound": bound_steps / steps, "aux_errors": aux_errors}
+
+
+@torch.no_grad()
+def aux_position_errors(model, tensors, privileged: np.ndarray):
+    """(named object's, goal's x-y error in metres, object on the table) of the policy's auxiliary head, which
+    reads the actor's own features: where the policy 'thinks' things are, on the states it visits (or, with
+    ``expert=true``, on the scripted expert's: the demonstrations' states)."""
+    tokens = model.encode(tensors)
+    if model.privileged_aux_source == "first_token":
+        features = tokens.hidden[:, 0]
+    else:
+        state = None if model.backbone.encodes_state else tensors["state"]
+        _, features = model.expert(tokens, state, return_features=True)
+    rms = model.privileged_rms
+    scale = torch.sqrt(rms.var.mean() + 1e-8)  # the one scale ActorCritic.to_tensors normalizes by
+    predicted = (model.privileged_aux(features)[0].double() * scale + rms.mean).cpu().numpy()
+    error = predicted - privileged
+    return float(np.linalg.norm(error[:2])), float(np.linalg.norm(error[3:5])), bool(privileged[2] >= 0.0)
 
 
 def main(argv) -> None:
@@ -98,12 +125,13 @@ def main(argv) -> None:
     env = make_env(cfg.env)
     print(f"{'the scripted expert on the env of ' if use_expert else ''}checkpoint {identity['path']} at "
           f"{identity['global_step']} env steps")
-    rows = []
+    rows, aux_errors = [], []
     try:
         for episode in range(episodes):
             row = probe_episode(model, env, seed + episode, position_error, position_noise,
                                 expert=cfg.env if use_expert else None)
             rows.append(row)
+            aux_errors += row.pop("aux_errors")
             print(f"seed {seed + episode}: success {int(row['success'])}, {row['steps']} steps, object moved "
                   f"{100 * row['moved']:.1f} cm, hand's closest to the approach point {100 * row['closest']:.1f} cm, "
                   f"{row['behind_steps']} steps behind the object, {row['at_bound']:.0%} of steps at the action "
@@ -117,6 +145,14 @@ def main(argv) -> None:
     print(f"{successes}/{episodes} successes; object never moved in {unmoved}, knocked off the table in {off_table}; "
           f"hand within 3 cm of the approach point in {near}; mean steps behind the object "
           f"{np.mean([r['behind_steps'] for r in rows]):.1f}")
+    if aux_errors:
+        errors = np.array(aux_errors)
+        on_table = errors[:, 2].astype(bool)
+        cells = [f"{name} RMS {100 * np.sqrt(np.mean(e ** 2)):.2f} (median {100 * np.median(e):.2f}, 90th "
+                 f"percentile {100 * np.percentile(e, 90):.2f})" for name, e in
+                 (("object", errors[on_table, 0]), ("goal", errors[on_table, 1]))]
+        print(f"the policy's auxiliary head along these episodes, {on_table.sum()} steps with the object on the "
+              f"table ({(~on_table).sum()} off it), cm: {'; '.join(cells)}")
     solved = [r for r in rows if r["success"]]
     if solved:
         print(f"successful episodes: {np.mean([r['steps'] for r in solved]):.1f} steps on average, the hand at the "
