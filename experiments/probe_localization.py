@@ -44,7 +44,7 @@ from vla.demos import read_dataset  # noqa: E402
 
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
 TARGETS = {"object": [0, 1], "goal": [3, 4]}  # columns of obs/privileged: named object xyz, goal xyz
-NEAR = 0.08  # metres: frames with the hand this close to the named object (x-y), where it may hide it, apart
+NEAR = 0.08  # metres: the error is also reported apart for frames with the hand this close to the named object
 
 
 def load(path: str, stride: int):
@@ -88,8 +88,8 @@ def encode(model: ActorCritic, obs, instructions):
 
 def split_by_scene(errors: torch.Tensor, scene: torch.Tensor) -> tuple:
     """RMS (cm) of the per-scene mean error (a bias that holds over a whole episode, which a closed-loop policy
-    cannot average away) and of what is left within each scene (frame-to-frame error, e.g. while the hand
-    hides the object), for one target's x-y ``errors`` (metres, one row per frame of ``scene``)."""
+    cannot average away) and of what is left within each scene (frame-to-frame error: the object moves, the
+    hand passes over it), for one target's x-y ``errors`` (metres, one row per frame of ``scene``)."""
     _, inverse, counts = torch.unique(scene, return_inverse=True, return_counts=True)
     means = torch.zeros(len(counts), 2, dtype=errors.dtype).index_add_(0, inverse, errors) / counts[:, None]
     bias = means[inverse]
