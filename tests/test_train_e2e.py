@@ -72,6 +72,12 @@ def test_eval_of_missing_checkpoint_is_a_clear_error(tmp_path):
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_eval_with_no_torch_threads_is_a_clear_error(tmp_path):
+    result = run_cli("vla-eval", f"checkpoint={tmp_path / 'nope'}", "torch_threads=0", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    assert "torch_threads=0" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_multirun_sweep_writes_one_run_directory_per_seed(tmp_path):
     sweep_dir = tmp_path / "sweep"
     args = [a for a in TINY if not a.startswith("total_env_steps")]

@@ -557,6 +557,10 @@ class EvalRunConfig:
     # Seed of the first evaluation episode; episode i uses seed + i, so reports are reproducible.
     seed: int = 100_000
     device: str = "auto"
+    # Torch threads, as vla-train's torch_threads: one by default. With torch's default (one per core) two
+    # evaluations of a pixel push policy side by side on the 2 cores here had not finished after 12 minutes;
+    # each takes 72 s alone.
+    torch_threads: int = 1
     # Override the env config stored in the checkpoint (None: evaluate on the training env).
     env: Optional[Any] = None
     # Also evaluate on the held-out split (env.split=heldout, same seeds), reported separately.
