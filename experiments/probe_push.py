@@ -90,21 +90,11 @@ def probe_episode(model, env, seed: int, position_error: float = 0.0, position_n
             "at_bound": bound_steps / steps, "aux_errors": aux_errors}
 
 
-@torch.no_grad()
 def aux_position_errors(model, tensors, privileged: np.ndarray):
     """(named object's, goal's x-y error in metres, object on the table) of the policy's auxiliary head, which
     reads the actor's own features: where the policy 'thinks' things are, on the states it visits (or, with
     ``expert=true``, on the scripted expert's: the demonstrations' states)."""
-    tokens = model.encode(tensors)
-    if model.privileged_aux_source == "first_token":
-        features = tokens.hidden[:, 0]
-    else:
-        state = None if model.backbone.encodes_state else tensors["state"]
-        _, features = model.expert(tokens, state, return_features=True)
-    rms = model.privileged_rms
-    scale = torch.sqrt(rms.var.mean() + 1e-8)  # the one scale ActorCritic.to_tensors normalizes by
-    predicted = (model.privileged_aux(features)[0].double() * scale + rms.mean).cpu().numpy()
-    error = predicted - privileged
+    error = model.predict_privileged(tensors)[0].cpu().numpy() - privileged
     return float(np.linalg.norm(error[:2])), float(np.linalg.norm(error[3:5])), bool(privileged[2] >= 0.0)
 
 

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import subprocess
 import sys
@@ -26,6 +27,14 @@ def run_cli(script: str, *args: str, cwd: Path, timeout: int = 600) -> subproces
     """Run a console script of the installed project the way a user would."""
     exe = Path(sys.executable).parent / script
     return subprocess.run([str(exe), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def load_experiment(name: str):
+    """A script of ``experiments/`` (not a package) as a module, to test its functions."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """Evaluation: Wilson intervals, reports that match the env, videos, best checkpoint, collapse warnings, paired
 comparison of two reports."""
 
-import importlib.util
 import json
 import math
 
@@ -11,7 +10,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from envs import make_env
-from tests.conftest import REPO, train_config
+from tests.conftest import load_experiment, train_config
 from vla.actor_critic import ActOutput
 from vla.evaluate import build_report, run_episodes, wilson_interval
 from vla.trainer import Trainer
@@ -104,9 +103,7 @@ def test_periodic_eval_logs_and_keeps_best_checkpoint_and_videos(tmp_path, small
 
 def test_compare_reports_pairs_episodes_by_seed(tmp_path):
     """experiments/compare_reports.py compares lengths only on the episodes both policies solve."""
-    spec = importlib.util.spec_from_file_location("compare_reports", REPO / "experiments" / "compare_reports.py")
-    compare_reports = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare_reports)
+    compare_reports = load_experiment("compare_reports")
 
     def report(name, rows):
         rows = [{"seed": seed, "success": step is not None, "first_success_step": step} for seed, step in rows]

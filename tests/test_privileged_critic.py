@@ -1,13 +1,11 @@
 """Asymmetric actor-critic: the value head may read simulator state (obs["privileged"]); the actor never does."""
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
 
 from envs import make_env
-from tests.conftest import REPO, train_config
+from tests.conftest import load_experiment, train_config
 from vla.actor_critic import ActorCritic
 from vla.errors import ConfigError
 from vla.trainer import Trainer
@@ -125,16 +123,16 @@ def test_unknown_auxiliary_loss_is_a_clear_error():
     env.close()
 
 
-def test_probe_push_reads_the_auxiliary_heads_positions_in_metres():
-    # experiments/probe_push.py undoes the privileged normalization: a head that outputs the normalized
-    # target exactly places everything with zero error, and one shifted by a normalized unit is off by the scale.
-    spec = importlib.util.spec_from_file_location("probe_push", REPO / "experiments" / "probe_push.py")
-    probe_push = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe_push)
+@pytest.mark.parametrize("norm_state", [True, False])
+def test_probe_push_reads_the_auxiliary_heads_positions_in_metres(norm_state):
+    # ActorCritic.predict_privileged (through experiments/probe_push.py) undoes the privileged normalization: a
+    # head that outputs the (normalized) target exactly places everything with zero error, and one shifted by a
+    # unit is off by the normalization's scale (1 m without normalization).
+    probe_push = load_experiment("probe_push")
     torch.manual_seed(0)
     model, batch = model_and_obs("backbone=towers", "backbone.grounding_heads=2", "policy.pooling=first",
                                  "algo.privileged_aux_coef=1.0", "algo.privileged_aux_source=first_token",
-                                 camera=True)
+                                 f"algo.norm_state={norm_state}", camera=True)
     tensors = model.to_tensors(batch, update_stats=True)
     one = {key: value[:1] for key, value in tensors.items()}
     target = one["privileged"][0]
@@ -144,7 +142,7 @@ def test_probe_push_reads_the_auxiliary_heads_positions_in_metres():
     object_error, goal_error, on_table = probe_push.aux_position_errors(model, one, batch["privileged"][0])
     assert object_error == pytest.approx(0.0, abs=1e-5) and goal_error == pytest.approx(0.0, abs=1e-5) and on_table
     with torch.no_grad():
-        model.privileged_aux.bias[0] += 1.0  # one normalized unit in the object's x
+        model.privileged_aux.bias[0] += 1.0  # one unit in the object's x
     object_error, goal_error, _ = probe_push.aux_position_errors(model, one, batch["privileged"][0])
-    scale = float(torch.sqrt(model.privileged_rms.var.mean() + 1e-8))
+    scale = float(torch.sqrt(model.privileged_rms.var.mean() + 1e-8)) if norm_state else 1.0
     assert object_error == pytest.approx(scale, rel=1e-4) and goal_error == pytest.approx(0.0, abs=1e-5)

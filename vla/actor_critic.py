@@ -174,14 +174,35 @@ class ActorCritic(nn.Module):
             if self.norm_state:
                 if update_stats and bool(finite.any()):
                     self.privileged_rms.update(privileged[finite])
-                # One scale for all dimensions (the root of their mean variance), not one each: a dimension
-                # that barely varies (an object's height on the table) must not be blown up into noise that
-                # the auxiliary head is then asked to predict.
-                rms = self.privileged_rms
-                scale = torch.sqrt(rms.var.mean() + 1e-8)
-                privileged = ((privileged.double() - rms.mean) / scale).clamp(-self.clip, self.clip).float()
+                privileged = ((privileged.double() - self.privileged_rms.mean) / self.privileged_scale()).clamp(
+                    -self.clip, self.clip).float()
             out["privileged"] = torch.nan_to_num(privileged, nan=0.0, posinf=self.clip, neginf=-self.clip)
         return out
+
+    def privileged_scale(self) -> torch.Tensor:
+        """The one scale ``obs["privileged"]`` is normalized by (with ``norm_state``): the root of its dimensions'
+        mean variance, not one scale each, so a dimension that barely varies (an object's height on the table)
+        is not blown up into noise that the auxiliary head is then asked to predict."""
+        return torch.sqrt(self.privileged_rms.var.mean() + 1e-8)
+
+    @torch.no_grad()
+    def predict_privileged(self, obs: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The auxiliary head's prediction of ``obs["privileged"]`` in the env's units, from the actor's own
+        features of ``obs`` (a ``to_tensors`` batch): where the policy places things."""
+        if self.privileged_aux is None:
+            raise ConfigError("this policy has no auxiliary privileged head (algo.privileged_aux_coef was 0)")
+        _, features = self._aux_features(self.encode(obs), obs["state"])
+        predicted = self.privileged_aux(features).double()
+        if self.norm_state:
+            predicted = predicted * self.privileged_scale() + self.privileged_rms.mean
+        return predicted
+
+    def _aux_features(self, tokens: Tokens, state: torch.Tensor):
+        """(action distribution, the features the auxiliary head reads)."""
+        head_state = None if self.backbone.encodes_state else state
+        if self.privileged_aux_source == "expert":
+            return self.expert(tokens, head_state, return_features=True)
+        return self.expert(tokens, head_state), tokens.hidden[:, 0]
 
     def encode_frozen(self, obs: Dict[str, torch.Tensor]) -> FrozenFeatures:
         """The backbone's frozen stage; without gradients unless it holds trainable adapters."""
@@ -200,15 +221,12 @@ class ActorCritic(nn.Module):
         auxiliary head's squared error predicting ``privileged`` from the actor's features."""
         head_state = None if self.backbone.encodes_state else state
         if aux and self.privileged_aux is not None and privileged is not None:
-            if self.privileged_aux_source == "expert":
-                dist, features = self.expert(tokens, head_state, return_features=True)
+            dist, features = self._aux_features(tokens, state)
+            predicted = self.privileged_aux(features)
+            if self.privileged_aux_loss == "huber":  # twice torch's: error^2 below 1 (as mse), 2|error| - 1 above
+                self.aux_loss = 2.0 * nn.functional.huber_loss(predicted, privileged, delta=1.0)
             else:
-                dist, features = self.expert(tokens, head_state), tokens.hidden[:, 0]
-            error = self.privileged_aux(features) - privileged
-            if self.privileged_aux_loss == "huber":  # twice torch's Huber loss: error^2 below 1, 2|error| - 1 above
-                self.aux_loss = torch.where(error.abs() < 1.0, error.pow(2), 2.0 * error.abs() - 1.0).mean()
-            else:
-                self.aux_loss = error.pow(2).mean()
+                self.aux_loss = nn.functional.mse_loss(predicted, privileged)
         else:
             dist = self.expert(tokens, head_state)
         if not self.privileged_critic:
