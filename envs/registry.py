@@ -15,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs.contract import EnvContract
+from envs.experts import ScriptedExpert
 from envs.gl import load_triton_before_gl
 from envs.wrappers import ActionChunk, BoxToDictObservation, Snapshot, SuccessInfo, normalize_actions
 from vla.errors import ConfigError
@@ -56,9 +57,11 @@ def _build_gym(cfg, render_mode: Optional[str]) -> gym.Env:
 
 
 def make_env(cfg, render_mode: Optional[str] = None, vector_index: int = 0, action_chunk: int = 1,
-             gamma: float = 1.0) -> gym.Env:
+             gamma: float = 1.0, expert: bool = False) -> gym.Env:
     """One environment under the env contract, with actions normalized to [-1, 1]. ``action_chunk`` > 1: one
-    step runs that many actions (``ActionChunk``, reward discounted by ``gamma`` within the chunk)."""
+    step runs that many actions (``ActionChunk``, reward discounted by ``gamma`` within the chunk).
+    ``expert``: the env's scripted expert answers ``env.get_wrapper_attr("expert_action")()`` with its next
+    action for the current state (``envs.experts.ScriptedExpert``; single-step actions only)."""
     load_triton_before_gl()
     if cfg.kind not in _BUILDERS:
         raise ConfigError(f"env.kind={cfg.kind!r} is not registered; known kinds: {env_kinds()}")
@@ -66,6 +69,11 @@ def make_env(cfg, render_mode: Optional[str] = None, vector_index: int = 0, acti
     if cfg.max_episode_steps is not None:
         env = TimeLimitOverride(env, cfg.max_episode_steps)
     env = EnvContract(normalize_actions(env))
+    if expert:
+        if action_chunk > 1:
+            raise ConfigError("the scripted expert labels single env steps, not action chunks of "
+                              f"{action_chunk}; use a policy with policy.chunk_size=1")
+        env = ScriptedExpert(env, cfg)
     if action_chunk > 1:
         env = ActionChunk(env, action_chunk, gamma)
     return Snapshot(env, vector_index)
@@ -79,7 +87,7 @@ _WORKER_STATE: Dict[str, Any] = {}
 
 
 def _worker_thunk(cfg, render_mode: Optional[str], vector_index: int, action_chunk: int,
-                  gamma: float) -> Callable[[], gym.Env]:
+                  gamma: float, expert: bool) -> Callable[[], gym.Env]:
     def thunk() -> gym.Env:
         if multiprocessing.parent_process() is not None:
             # In a worker process: one BLAS/OpenMP thread each, so N workers on N cores do not oversubscribe.
@@ -90,26 +98,27 @@ def _worker_thunk(cfg, render_mode: Optional[str], vector_index: int, action_chu
             # Ctrl-C reaches the whole process group: the trainer decides how to stop, workers keep serving.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         os.environ.setdefault("MUJOCO_GL", "egl")
-        return make_env(cfg, render_mode, vector_index, action_chunk, gamma)
+        return make_env(cfg, render_mode, vector_index, action_chunk, gamma, expert)
 
     return thunk
 
 
 def make_vector_env(cfg, num_envs: int, render_mode: Optional[str] = None, autoreset: bool = True,
                     action_chunk: int = 1, gamma: float = 1.0, first_index: int = 0,
-                    force_async: bool = False) -> gym.vector.VectorEnv:
-    """``num_envs`` copies of ``make_env(cfg, action_chunk=..., gamma=...)``, with vector indices from
-    ``first_index`` (``SplitVectorEnv``'s second group continues the first group's numbering).
+                    force_async: bool = False, expert: bool = False) -> gym.vector.VectorEnv:
+    """``num_envs`` copies of ``make_env(cfg, action_chunk=..., gamma=..., expert=...)``, with vector indices
+    from ``first_index`` (``SplitVectorEnv``'s second group continues the first group's numbering).
 
     Async workers are started with ``forkserver`` (a robosuite camera env created in a ``fork``ed worker hung
-    on these machines); sync when ``cfg.vector_mode == "sync"`` or ``num_envs == 1`` (unless ``force_async``). Autoreset happens within
-    the step that ends an episode, with the final observation in ``info["final_obs"]`` so the trainer can
+    on these machines); sync when ``cfg.vector_mode == "sync"`` or ``num_envs == 1`` (unless ``force_async``).
+    Autoreset happens within the step that ends an episode, with the final observation in ``info["final_obs"]`` so the trainer can
     bootstrap from V(final observation) on truncation. ``autoreset=False`` leaves resets to the caller
     (evaluation resets each finished env with the seed of its next episode).
     """
     if cfg.vector_mode not in ("async", "sync"):
         raise ConfigError(f"env.vector_mode={cfg.vector_mode!r}; use 'async' or 'sync'")
-    thunks = [_worker_thunk(cfg, render_mode, first_index + i, action_chunk, gamma) for i in range(num_envs)]
+    thunks = [_worker_thunk(cfg, render_mode, first_index + i, action_chunk, gamma, expert)
+              for i in range(num_envs)]
     mode = gym.vector.AutoresetMode
     autoreset_mode = mode.SAME_STEP if autoreset else mode.DISABLED
     if (num_envs == 1 and not force_async) or cfg.vector_mode == "sync":

@@ -36,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from envs import make_env  # noqa: E402
 from envs.tabletop.tasks import PUSH_APPROACH_OFFSET, push_geometry  # noqa: E402
-from vla.demos import scripted_expert  # noqa: E402
 from vla.evaluate import load_policy  # noqa: E402
 from vla.trainer import stack_obs  # noqa: E402
 
@@ -50,11 +49,12 @@ POSITION_XY = np.array([-6, -5, -3, -2])
 
 
 def probe_episode(model, env, seed: int, position_error: float = 0.0, position_noise: float = 0.0,
-                  expert=None):
-    """One deterministic episode of ``model`` (or, with ``expert`` the env's config, of the scripted expert)."""
+                  expert: bool = False):
+    """One deterministic episode of ``model`` (or, with ``expert``, of the scripted expert: ``env`` made with
+    ``make_env(..., expert=True)``)."""
     base = env.unwrapped
     obs, info = env.reset(seed=seed)
-    expert_action = scripted_expert(env, expert) if expert is not None else None
+    expert_action = env.get_wrapper_attr("expert_action") if expert else None
     rng = np.random.default_rng(seed)
     bias = rng.normal(0.0, position_error / np.sqrt(2.0), len(POSITION_XY))  # 2-D RMS length position_error
     start = base.measures().target.copy()
@@ -112,14 +112,14 @@ def main(argv) -> None:
                  "trained without env.privileged_state")
     use_expert = options.get("expert", "false").lower() == "true"
     model.eval()
-    env = make_env(cfg.env)
+    env = make_env(cfg.env, expert=use_expert)
     print(f"{'the scripted expert on the env of ' if use_expert else ''}checkpoint {identity['path']} at "
           f"{identity['global_step']} env steps")
     rows, aux_errors = [], []
     try:
         for episode in range(episodes):
             row = probe_episode(model, env, seed + episode, position_error, position_noise,
-                                expert=cfg.env if use_expert else None)
+                                expert=use_expert)
             rows.append(row)
             aux_errors += row.pop("aux_errors")
             print(f"seed {seed + episode}: success {int(row['success'])}, {row['steps']} steps, object moved "

@@ -4,6 +4,7 @@ the initial policy starts at 0, and the critic warm-up leaves the actor bit-iden
 
 import json
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -14,7 +15,10 @@ from tests.test_backbones import ImageInstructionEnv, actor_critic, collect, ppo
 from tests.test_demos import demos_config
 from vla import checkpoint as ckpt
 from vla.bc import BCTrainer, demo_samples
-from vla.demos import Demo, DemoDataset, DatasetError, record_demos
+from envs import make_env
+from vla.demos import Demo, DemoDataset, DatasetError, read_dataset, record_demos
+from vla.errors import ConfigError
+from vla.evaluate import load_policy
 from vla.ppo import PPO, compute_gae, frozen_copy
 from vla.trainer import Trainer
 
@@ -186,6 +190,56 @@ def test_bc_checkpoints_are_not_resumed_as_ppo_and_demos_must_fit_the_env(bc_che
     assert "recorded on env" in str(info.value)
     with pytest.raises(DatasetError, match="action size 4 vs 2"):
         BCTrainer(train_config(*BC_RUN[len(REACH):], f"dataset={demos}", "env=reacher"), tmp_path / "r")
+
+
+def test_a_dagger_round_labels_the_policys_own_states_with_the_expert_and_bc_trains_on_both(
+        bc_checkpoint, demos, tmp_path):
+    path = tmp_path / "dagger.hdf5"
+    summary = record_demos(demos_config(*REACH, f"checkpoint={bc_checkpoint}", "episodes=4", "num_envs=2",
+                                        "expert_mix=0.5", "valid_fraction=0.25", "progress=false"), path)
+    assert summary["demos"] == summary["attempts"] == 4  # failures are kept: the policy's states are the point
+    with h5py.File(path, "r") as f:
+        policy = json.loads(f["data"].attrs["policy"])
+    assert policy["expert_mix"] == 0.5 and policy["checkpoint"].startswith(str(bc_checkpoint))
+    dataset = read_dataset(path)
+    env = make_env(demos_config(*REACH).env, expert=True)
+    expert_steps = steps = 0
+    try:
+        for demo in dataset.demos.values():
+            # Replaying what ran gives the stored states, and in each the stored action is the expert's.
+            obs, _ = env.reset(seed=demo.seed)
+            for t in range(demo.num_samples):
+                np.testing.assert_array_equal(obs["state"], demo.obs["state"][t])
+                np.testing.assert_array_equal(env.get_wrapper_attr("expert_action")(), demo.actions[t])
+                obs, reward, _, _, _ = env.step(demo.executed_actions[t])
+                assert reward == demo.rewards[t]
+            expert_steps += int((demo.executed_actions == demo.actions).all(-1).sum())
+            steps += demo.num_samples
+    finally:
+        env.close()
+    assert 0.2 * steps < expert_steps < 0.8 * steps  # about half the steps ran the expert's action
+
+    # Without the mixture every executed action is the policy's mean action in the stored state.
+    only_policy = read_dataset(record_demos(demos_config(*REACH, f"checkpoint={bc_checkpoint}", "episodes=1",
+                                                         "progress=false"), tmp_path / "policy.hdf5")["path"])
+    (demo,) = only_policy.demos.values()
+    model, _, _ = load_policy(str(bc_checkpoint), torch.device("cpu"))
+    with torch.no_grad():
+        obs = model.to_tensors({"state": demo.obs["state"], "instruction": [demo.instruction] * demo.num_samples})
+        mean = model.act(obs, deterministic=True).action.numpy()
+    np.testing.assert_allclose(demo.executed_actions, mean, atol=1e-6)
+    assert not np.allclose(demo.executed_actions, demo.actions)
+
+    # BC on the demos and the round together.
+    trainer = BCTrainer(train_config(*BC_RUN, f"dataset=[{demos},{path}]", "eval.episodes=0"), tmp_path / "bc")
+    demos_train = sum(d.num_samples for name, d in read_dataset(demos).demos.items()
+                      if name in read_dataset(demos).train)
+    round_train = sum(dataset.demos[name].num_samples for name in dataset.train)
+    assert trainer.num_samples == demos_train + round_train
+
+    with pytest.raises(ConfigError, match="stage machines"):
+        record_demos(demos_config("env=robosuite_lift_state", f"checkpoint={bc_checkpoint}"), tmp_path / "x.hdf5")
+    assert not (tmp_path / "x.hdf5").exists()
 
 
 def gae(storage):

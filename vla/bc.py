@@ -28,7 +28,7 @@ from torch import nn
 from envs import make_env
 from vla import checkpoint as ckpt
 from vla.actor_critic import ActorCritic
-from vla.demos import DatasetError, DemoDataset, read_dataset
+from vla.demos import DatasetError, DemoDataset, merge_datasets, read_dataset
 from vla.errors import ConfigError, TrainingDivergedError
 from vla.evaluate import evaluate_policy, report_scalars, split_env_config
 from vla.logger import RunLogger
@@ -115,20 +115,30 @@ class BCTrainer:
         self.device = resolve_device(cfg.device)
         self.run_dir = run_dir
         self.checkpoint_root = run_dir / "checkpoints"
-        self.dataset_path = Path(cfg.dataset).expanduser().resolve()
+        paths = [cfg.dataset] if isinstance(cfg.dataset, str) else list(cfg.dataset)
+        if not paths:
+            raise ConfigError("dataset=[] names no demonstrations; give a path or a list of paths")
+        self.dataset_paths = [Path(str(path)).expanduser().resolve() for path in paths]
 
-        dataset = read_dataset(self.dataset_path)
         probe = make_env(cfg.env)
         obs_space, action_space = probe.observation_space, probe.action_space
         probe.close()
         self.state_dim = int(obs_space["state"].shape[0])
         self.action_dim = int(np.prod(action_space.shape))
-        check_dataset_fits(dataset, obs_space, self.action_dim, self.dataset_path)
-        recorded_task = {key: dataset.env_args[key] for key in ("kind", "id", "task", "split")
-                         if key in dataset.env_args}
-        run_task = {key: cfg.env.get(key) for key in recorded_task}
+        datasets, mismatches = [], []
+        for path in self.dataset_paths:
+            datasets.append(read_dataset(path))
+            check_dataset_fits(datasets[-1], obs_space, self.action_dim, path)
+            recorded_task = {key: datasets[-1].env_args[key] for key in ("kind", "id", "task", "split")
+                             if key in datasets[-1].env_args}
+            run_task = {key: cfg.env.get(key) for key in recorded_task}
+            if recorded_task != run_task:
+                mismatches.append(f"the demos in {path} were recorded on {recorded_task}, this run trains on "
+                                  f"{run_task}")
+        dataset = merge_datasets(datasets)
+        sources = ", ".join(str(path) for path in self.dataset_paths)
         if not dataset.train:
-            raise DatasetError(f"dataset {self.dataset_path} lists no training demos under mask/train")
+            raise DatasetError(f"dataset {sources} lists no training demos under mask/train")
         self.model = ActorCritic.from_config(cfg, obs_space, action_space).to(self.device)
         if cfg.init_from:
             load_initial_weights(self.model, cfg.init_from, self.state_dim, self.action_dim)
@@ -139,10 +149,12 @@ class BCTrainer:
         chunk = self.model.actions_per_decision
         train = demo_samples(dataset, dataset.train, keys, chunk)
         valid = demo_samples(dataset, dataset.valid, keys, chunk) if dataset.valid else None
+        num_train_demos, num_valid_demos = len(dataset.train), len(dataset.valid)
+        del dataset, datasets  # the samples hold copies of every frame: free the demos' before caching features
         for split in (train, valid):
             if split is not None and not all(np.isfinite(v).all() for k, v in split["obs"].items()
                                              if k != "instruction" and v.dtype.kind == "f"):
-                raise DatasetError(f"dataset {self.dataset_path} holds NaN/inf observations")
+                raise DatasetError(f"dataset {sources} holds NaN/inf observations")
         # The state normalizer comes from the training demos (unless init_from brought one along).
         self.train_data = self.model_inputs(train, fit_normalizer=not cfg.init_from)
         self.valid_data = self.model_inputs(valid, fit_normalizer=False) if valid is not None else None
@@ -165,12 +177,11 @@ class BCTrainer:
         self.logger = RunLogger(run_dir, self.total_steps, 0, cfg.progress)
         self.logger.writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg) + "\n```", 0)
         self.logger.message(
-            f"behaviour cloning on {len(dataset.train)} demos ({self.num_samples} steps; {len(dataset.valid)} more "
-            f"held out for validation) from {self.dataset_path}: {self.total_steps} gradient steps of "
+            f"behaviour cloning on {num_train_demos} demos ({self.num_samples} steps; {num_valid_demos} more "
+            f"held out for validation) from {sources}: {self.total_steps} gradient steps of "
             f"{self.batch_size} samples")
-        if recorded_task != run_task:
-            self.logger.message(f"WARNING: the demos were recorded on {recorded_task}, this run trains on "
-                                f"{run_task} (the observations fit, so training goes ahead)")
+        for mismatch in mismatches:
+            self.logger.message(f"WARNING: {mismatch} (the observations fit, so training goes ahead)")
 
     # ------------------------------------------------------------------------------------------- data
     @torch.no_grad()
@@ -339,7 +350,8 @@ class BCTrainer:
                                         f"in {self.checkpoint_root} stands")
         state = {
             "algo": "bc",
-            "dataset": str(self.dataset_path),
+            "dataset": [str(path) for path in self.dataset_paths] if len(self.dataset_paths) > 1
+            else str(self.dataset_paths[0]),
             "global_step": self.global_step,
             "update_index": self.update_index,
             "num_envs": 0,

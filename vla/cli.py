@@ -108,8 +108,8 @@ def _demos(cfg: DictConfig) -> None:
     if summary["demos"] < cfg.episodes:
         print(f"vla-demos: warning: only {summary['demos']} of {cfg.episodes} episodes succeeded in "
               f"{summary['attempts']} attempts (raise max_attempts for more)", file=sys.stderr, flush=True)
-    print(f"wrote {summary['demos']} demonstrations ({summary['samples']} steps, {summary['attempts']} attempts) "
-          f"to {summary['path']}", flush=True)
+    print(f"wrote {summary['demos']} demonstrations ({summary['samples']} steps, {summary['attempts']} attempts, "
+          f"{summary['successes']} successful) to {summary['path']}", flush=True)
 
 
 def train_main() -> None:

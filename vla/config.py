@@ -530,8 +530,9 @@ class TrainConfig:
     # Start a fresh run from the trainable weights and state normalizer of a BC or PPO checkpoint (or a run
     # directory's latest): new step counters, optimizer and run directory. Ignored when resuming.
     init_from: Optional[str] = None
-    # Demonstrations (robomimic-style HDF5 written by vla-demos) for algo=bc.
-    dataset: Optional[str] = None
+    # Demonstrations (robomimic-style HDF5 written by vla-demos) for algo=bc: a path, or a list of paths
+    # trained on together (dataset=[demos.hdf5,dagger_round1.hdf5]).
+    dataset: Optional[Any] = None
     # Print a console progress bar.
     progress: bool = True
     # Consecutive updates skipped for NaN/inf (in states, rewards, losses or gradients) before the run stops.
@@ -574,15 +575,17 @@ class EvalRunConfig:
 
 @dataclass
 class DemosConfig:
-    """``vla-demos``: roll out the env's scripted expert and write a robomimic-style HDF5 dataset."""
+    """``vla-demos``: roll out the env's scripted expert (or a policy the expert labels) and write a
+    robomimic-style HDF5 dataset."""
 
     env: EnvConfig = MISSING
     # Demonstrations to write.
     episodes: int = 20
     # Attempt i starts from reset(seed=seed + i) (stored per demo as its "seed" attribute).
     seed: int = 0
-    # Keep only the episodes where the expert succeeded (False: keep every attempt).
-    only_successful: bool = True
+    # Keep only the successful episodes (False: keep every attempt). None: True when the expert acts, False
+    # with checkpoint= (DAgger needs the states of the episodes the policy fails most).
+    only_successful: Optional[bool] = None
     # Give up after this many attempts (None: 2 * episodes + 10).
     max_attempts: Optional[int] = None
     # Share of the demos listed under mask/valid (held out from BC training, for its validation loss).
@@ -591,6 +594,19 @@ class DemosConfig:
     image_keys: Optional[List[str]] = None
     # Where to write the dataset (None: demos.hdf5 in hydra's run directory).
     output: Optional[str] = None
+    # Envs stepped side by side (1: in this process). Demos come out in seed order whatever the number.
+    num_envs: int = 1
+    # A checkpoint (or run directory) whose policy acts instead of the expert, which only labels the states
+    # the policy reaches with its own actions: a DAgger round (stateless experts only: the tabletop tasks).
+    checkpoint: Optional[str] = None
+    # With checkpoint=: the chance per step that the expert's action runs instead of the policy's (DAgger's
+    # beta).
+    expert_mix: float = 0.0
+    # With checkpoint=: act with the policy's mean action (False: sample from it).
+    deterministic: bool = True
+    # With checkpoint=: where and with how many threads the policy runs (auto: CUDA when available).
+    device: str = "auto"
+    torch_threads: int = 1
     progress: bool = True
 
 

@@ -2,9 +2,13 @@
 
 The layout is robomimic's (https://robomimic.github.io/docs/datasets/overview.html), so its tools open ours:
 
-    data/                   attrs: total (samples in all demos), env_args (JSON of the env config recorded on)
+    data/                   attrs: total (samples in all demos), env_args (JSON of the env config recorded on),
+                            policy (only with vla-demos checkpoint=: JSON of the checkpoint that acted)
       demo_<i>/             attrs: num_samples, instruction, success, seed (the episode is reset(seed=seed))
-        actions    (N, A)   float32, normalized to [-1, 1]: exactly what the policy outputs and the env received
+        actions    (N, A)   float32, normalized to [-1, 1]: the expert's action in each state, what a policy
+                            outputs; the env received exactly these unless executed_actions is there
+        executed_actions (N, A)  only with checkpoint=: what the env received (the policy's action, or the
+                            expert's on the steps expert_mix gave to it)
         rewards    (N,)     float64
         dones      (N,)     int64, 1 on the step that ended the episode (terminated or truncated)
         obs/<key>  (N, ...) the observation each action was taken in: camera images uint8 (N, H, W, 3),
@@ -12,23 +16,25 @@ The layout is robomimic's (https://robomimic.github.io/docs/datasets/overview.ht
     mask/train, mask/valid  demo names (bytes): the split behaviour cloning trains and validates on
 
 Unlike robomimic, ``next_obs`` and MuJoCo ``states`` are not stored: each demo replays exactly from its seed
-and actions.
+and its executed actions.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import gymnasium as gym
 import numpy as np
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from envs import make_env
+from envs import make_env, make_vector_env
+from envs.experts import STATELESS_EXPERT_KINDS, check_has_expert
 from vla.backbones.base import image_keys as camera_keys
 from vla.errors import ConfigError, UserError
 
@@ -51,6 +57,9 @@ class Demo:
     instruction: Optional[str]
     success: bool
     seed: Optional[int]
+    # What the env received when it differs from ``actions`` (``vla-demos checkpoint=...``: the policy acted, the
+    # expert's labels are the actions to learn); None: ``actions`` ran.
+    executed_actions: Optional[np.ndarray] = None
 
     @property
     def num_samples(self) -> int:
@@ -65,59 +74,103 @@ class DemoDataset:
     valid: List[str]
 
 
-# ------------------------------------------------------------------------------------------------- experts
-def scripted_expert(env: gym.Env, env_cfg) -> Callable[[], np.ndarray]:
-    """A fresh scripted expert for the episode ``env`` (made by ``make_env``) has just begun: each call returns
-    the next action for the env's current state, normalized to [-1, 1] as the policy acts."""
-    unwrapped = env.unwrapped
-    if env_cfg.kind == "tabletop":
-        from envs.tabletop.expert import scripted_action
+# ------------------------------------------------------------------------------------------------ recording
+def _policy_actor(cfg, env_cfg):
+    """``vla-demos checkpoint=CKPT``: a function from a batched observation to the checkpoint's actions, and the
+    checkpoint's identity. ``None, None`` when the expert drives."""
+    if cfg.checkpoint is None:
+        return None, None
+    import torch
 
-        def natural_action() -> np.ndarray:
-            return scripted_action(unwrapped)
-    elif env_cfg.kind == "robosuite":
-        from envs.robosuite_experts import make_expert
+    from vla.evaluate import load_policy
+    from vla.trainer import resolve_device
 
-        expert = make_expert(env_cfg.task, env_cfg.controller)
+    if env_cfg.kind not in STATELESS_EXPERT_KINDS:
+        raise ConfigError(f"checkpoint= labels the states a policy reaches with the scripted expert, which needs an "
+                          f"expert that reads the current state alone (env kinds {list(STATELESS_EXPERT_KINDS)}); "
+                          f"the {env_cfg.kind} experts are stage machines. Record expert demos (no checkpoint=)")
+    if cfg.torch_threads < 1:
+        raise ConfigError(f"torch_threads={cfg.torch_threads}; use 1 or more")
+    torch.set_num_threads(cfg.torch_threads)
+    model, _, identity = load_policy(cfg.checkpoint, resolve_device(cfg.device), env_cfg)
+    if model.actions_per_decision > 1:
+        raise ConfigError(f"the policy of {cfg.checkpoint} acts in chunks of {model.actions_per_decision} actions; the "
+                          "expert labels single steps, so checkpoint= needs a policy with policy.chunk_size=1")
+    model.eval()
 
-        def natural_action() -> np.ndarray:
-            return expert.act(unwrapped._env)
-    else:
-        name = env_cfg.get("id") or env_cfg.kind
-        raise ConfigError(f"env {name!r} has no scripted expert; experts exist for every tabletop task "
-                          "(env=tabletop_*) and robosuite Lift, Door, Stack, PickPlaceCan and NutAssemblyRound")
-    low, high = unwrapped.action_space.low, unwrapped.action_space.high
+    @torch.no_grad()
+    def act(obs: Dict[str, Any]) -> np.ndarray:
+        return model.act(model.to_tensors(obs), deterministic=cfg.deterministic).action.cpu().numpy()
 
-    def act() -> np.ndarray:
-        return np.clip(2.0 * (natural_action() - low) / (high - low) - 1.0, -1.0, 1.0).astype(np.float32)
-
-    return act
+    return act, identity
 
 
-def record_episode(env: gym.Env, env_cfg, seed: int, keys: List[str]) -> Demo:
-    """One expert episode from ``reset(seed=seed)``; observations under ``keys`` are kept."""
-    obs, _ = env.reset(seed=seed)
-    act = scripted_expert(env, env_cfg)
-    instruction = obs.get("instruction")
-    observations: Dict[str, list] = {key: [] for key in keys}
-    actions, rewards, dones = [], [], []
-    for _ in range(MAX_EPISODE_STEPS):
-        for key in keys:
-            observations[key].append(obs[key])
-        action = act()
-        obs, reward, terminated, truncated, info = env.step(action)
-        actions.append(action)
-        rewards.append(reward)
-        dones.append(terminated or truncated)
-        if terminated or truncated:
-            break
-    else:
-        raise ConfigError(f"an expert episode ran {MAX_EPISODE_STEPS} steps without ending; set "
-                          "env.max_episode_steps (the env has no time limit of its own)")
-    return Demo(obs={key: np.stack(values) for key, values in observations.items()},
-                actions=np.stack(actions), rewards=np.asarray(rewards, dtype=np.float64),
-                dones=np.asarray(dones, dtype=np.int64), instruction=instruction,
-                success=bool(info["success"]), seed=seed)
+def recorded_episodes(cfg, keys: List[str], policy: Optional[Callable[[Dict[str, Any]], np.ndarray]]
+                      ) -> Iterator[Demo]:
+    """Episodes from ``reset(seed=cfg.seed + i)``, i = 0, 1, ..., in that order, stepped ``cfg.num_envs`` at a
+    time; observations under ``keys`` are kept. ``actions`` are always the scripted expert's for the state
+    the episode is in. Without ``policy`` the expert's actions are also the ones executed. With one, the policy
+    acts and, with probability ``cfg.expert_mix`` per step, the expert does instead (DAgger's mixture); what
+    ran is kept as ``executed_actions``."""
+    num_envs = cfg.num_envs
+    if num_envs < 1:
+        raise ConfigError(f"num_envs={num_envs}; use 1 or more")
+    if not 0.0 <= cfg.expert_mix <= 1.0:
+        raise ConfigError(f"expert_mix={cfg.expert_mix} must lie in [0, 1] (the chance per step that the expert "
+                          "acts instead of the policy)")
+    rng = np.random.default_rng(cfg.seed)
+    envs = make_vector_env(cfg.env, num_envs, autoreset=False, expert=True)
+    try:
+        obs, _ = envs.reset(seed=[cfg.seed + i for i in range(num_envs)])
+        attempt = list(range(num_envs))  # the attempt each env is playing
+        steps: List[Dict[str, list]] = [defaultdict(list) for _ in range(num_envs)]
+        instructions = list(obs["instruction"]) if "instruction" in obs else [None] * num_envs
+        finished: Dict[int, Demo] = {}
+        next_attempt, next_out = num_envs, 0
+        while True:
+            labels = np.stack(envs.call("expert_action"))
+            executed = labels
+            if policy is not None:
+                executed = policy(obs)
+                from_expert = rng.random(num_envs) < cfg.expert_mix
+                executed[from_expert] = labels[from_expert]
+            for i in range(num_envs):
+                for key in keys:
+                    steps[i][key].append(obs[key][i])
+                steps[i]["actions"].append(labels[i])
+                steps[i]["executed"].append(executed[i])
+            obs, reward, terminated, truncated, info = envs.step(executed)
+            done = terminated | truncated
+            for i in range(num_envs):
+                steps[i]["rewards"].append(reward[i])
+                steps[i]["dones"].append(done[i])
+                if len(steps[i]["dones"]) >= MAX_EPISODE_STEPS and not done[i]:
+                    raise ConfigError(f"an episode ran {MAX_EPISODE_STEPS} steps without ending; set "
+                                      "env.max_episode_steps (the env has no time limit of its own)")
+            if not done.any():
+                continue
+            reset_seeds: List[Optional[int]] = [None] * num_envs
+            for i in np.flatnonzero(done):
+                record = steps[i]
+                finished[attempt[i]] = Demo(
+                    obs={key: np.stack(record[key]) for key in keys},
+                    actions=np.stack(record["actions"]).astype(np.float32),
+                    rewards=np.asarray(record["rewards"], dtype=np.float64),
+                    dones=np.asarray(record["dones"], dtype=np.int64), instruction=instructions[i],
+                    success=bool(info["success"][i]), seed=cfg.seed + attempt[i],
+                    executed_actions=None if policy is None else np.stack(record["executed"]).astype(np.float32))
+                steps[i] = defaultdict(list)
+                attempt[i], reset_seeds[i] = next_attempt, cfg.seed + next_attempt
+                next_attempt += 1
+            while next_out in finished:  # in attempt order, whatever order the envs finished them in
+                yield finished.pop(next_out)
+                next_out += 1
+            obs, _ = envs.reset(seed=reset_seeds, options={"reset_mask": done})
+            if "instruction" in obs:
+                for i in np.flatnonzero(done):
+                    instructions[i] = obs["instruction"][i]
+    finally:
+        envs.close()
 
 
 def stored_keys(observation_space: gym.spaces.Dict, image_keys: Optional[List[str]]) -> List[str]:
@@ -137,6 +190,8 @@ def stored_keys(observation_space: gym.spaces.Dict, image_keys: Optional[List[st
 # ------------------------------------------------------------------------------------------------- writing
 def write_demo(group, demo: Demo) -> None:
     group.create_dataset("actions", data=demo.actions.astype(np.float32))
+    if demo.executed_actions is not None:
+        group.create_dataset("executed_actions", data=demo.executed_actions.astype(np.float32))
     group.create_dataset("rewards", data=demo.rewards)
     group.create_dataset("dones", data=demo.dones)
     for key, values in demo.obs.items():
@@ -165,29 +220,35 @@ def split_names(names: List[str], valid_fraction: float, seed: int) -> Dict[str,
 
 
 def record_demos(cfg, path: Path) -> Dict[str, Any]:
-    """``vla-demos``: attempt expert episodes from seeds ``seed, seed + 1, ...`` until ``episodes`` are kept
-    (only successful ones with ``only_successful``) or ``max_attempts`` ran out, and write them to ``path``.
-    The file appears complete or not at all (written under a temporary name, then renamed)."""
+    """``vla-demos``: play episodes from seeds ``seed, seed + 1, ...`` until ``episodes`` are kept (only
+    successful ones with ``only_successful``) or ``max_attempts`` ran out, and write them to ``path``: the
+    scripted expert's episodes, or with ``policy`` a checkpoint's episodes labelled with the expert's actions
+    (DAgger). The file appears complete or not at all (written under a temporary name, then renamed)."""
     import h5py
 
     if cfg.episodes < 1:
         raise ConfigError(f"episodes={cfg.episodes}: record at least one demonstration")
+    only_successful = cfg.only_successful if cfg.only_successful is not None else cfg.checkpoint is None
     max_attempts = cfg.max_attempts if cfg.max_attempts is not None else 2 * cfg.episodes + 10
-    env = make_env(cfg.env)
+    check_has_expert(cfg.env)  # an env without an expert fails here, before anything runs or is written
+    policy, identity = _policy_actor(cfg, cfg.env)
+    probe = make_env(cfg.env)
+    keys = stored_keys(probe.observation_space, cfg.image_keys)
+    probe.close()
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    names: List[str] = []
+    attempts = total = successes = 0
+    episodes = recorded_episodes(cfg, keys, policy)
     try:
-        keys = stored_keys(env.observation_space, cfg.image_keys)
-        scripted_expert(env, cfg.env)  # an env without an expert fails here, before anything is written
         path.parent.mkdir(parents=True, exist_ok=True)
-        names: List[str] = []
-        attempts = total = 0
         bar = tqdm(total=cfg.episodes, desc="demos", unit="demo", disable=not cfg.progress, dynamic_ncols=True)
         with h5py.File(tmp, "w") as f:
             data = f.create_group("data")
             while len(names) < cfg.episodes and attempts < max_attempts:
-                demo = record_episode(env, cfg.env, cfg.seed + attempts, keys)
+                demo = next(episodes)
                 attempts += 1
-                if cfg.only_successful and not demo.success:
+                successes += demo.success
+                if only_successful and not demo.success:
                     continue
                 name = f"demo_{len(names)}"
                 write_demo(data.create_group(name), demo)
@@ -196,17 +257,23 @@ def record_demos(cfg, path: Path) -> Dict[str, Any]:
                 bar.update(1)
             bar.close()
             if not names:
-                raise UserError(f"the expert succeeded in none of {attempts} attempts on this env; nothing was "
-                                "written (only_successful=false keeps failed episodes too)")
+                raise UserError(f"{'the policy' if policy else 'the expert'} succeeded in none of {attempts} "
+                                "attempts on this env; nothing was written (only_successful=false keeps failed "
+                                "episodes too)")
             data.attrs["total"] = total
             data.attrs["env_args"] = json.dumps(OmegaConf.to_container(cfg.env, resolve=True))
+            if identity is not None:
+                data.attrs["policy"] = json.dumps({"checkpoint": identity["path"],
+                                                   "global_step": identity["global_step"],
+                                                   "expert_mix": cfg.expert_mix,
+                                                   "deterministic": cfg.deterministic})
             for split, members in split_names(names, cfg.valid_fraction, cfg.seed).items():
                 f.create_dataset(f"mask/{split}", data=np.array(members, dtype="S"))
         os.replace(tmp, path)
     finally:
-        env.close()
+        episodes.close()  # closes the envs
         tmp.unlink(missing_ok=True)  # left only when recording failed
-    return {"path": path, "demos": len(names), "attempts": attempts, "samples": total}
+    return {"path": path, "demos": len(names), "attempts": attempts, "samples": total, "successes": successes}
 
 
 # ------------------------------------------------------------------------------------------------- reading
@@ -243,7 +310,8 @@ def read_dataset(path: str | os.PathLike) -> DemoDataset:
                 actions=group["actions"][()], rewards=group["rewards"][()], dones=group["dones"][()],
                 instruction=_text(attrs["instruction"]) if "instruction" in attrs else None,
                 success=bool(attrs.get("success", True)),
-                seed=int(attrs["seed"]) if "seed" in attrs else None)
+                seed=int(attrs["seed"]) if "seed" in attrs else None,
+                executed_actions=group["executed_actions"][()] if "executed_actions" in group else None)
         splits = {split: [_text(n) for n in f[f"mask/{split}"][()]] if f"mask/{split}" in f else None
                   for split in ("train", "valid")}
     unknown = sorted({n for members in splits.values() if members for n in members} - set(names))
@@ -251,3 +319,17 @@ def read_dataset(path: str | os.PathLike) -> DemoDataset:
         raise DatasetError(f"dataset {path}: mask lists demos that are not in data/: {unknown[:5]}")
     train = splits["train"] if splits["train"] is not None else [n for n in names if n not in (splits["valid"] or [])]
     return DemoDataset(env_args=env_args, demos=demos, train=train, valid=splits["valid"] or [])
+
+
+def merge_datasets(datasets: List[DemoDataset]) -> DemoDataset:
+    """Several datasets as one (``dataset=[a.hdf5,b.hdf5]``: demos and a DAgger round's labelled episodes):
+    demos renamed ``<k>/demo_<i>`` after the dataset's place in the list, splits joined. One dataset is
+    returned as it is; ``env_args`` are the first's (each dataset is checked against the run's env first)."""
+    if len(datasets) == 1:
+        return datasets[0]
+    demos, train, valid = {}, [], []
+    for k, dataset in enumerate(datasets):
+        demos.update({f"{k}/{name}": demo for name, demo in dataset.demos.items()})
+        train += [f"{k}/{name}" for name in dataset.train]
+        valid += [f"{k}/{name}" for name in dataset.valid]
+    return DemoDataset(env_args=datasets[0].env_args, demos=demos, train=train, valid=valid)
