@@ -8,7 +8,7 @@ which is how ``vla-demos checkpoint=...`` labels the states a policy reaches (DA
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import gymnasium as gym
 import numpy as np
@@ -33,29 +33,30 @@ def check_has_expert(env_cfg) -> None:
                           "(env=tabletop_*) and robosuite Lift, Door, Stack, PickPlaceCan and NutAssemblyRound")
 
 
-def _natural_expert(env: gym.Env, env_cfg) -> Callable[[], np.ndarray]:
+def _natural_expert(env: gym.Env, env_cfg) -> Callable[[], Optional[np.ndarray]]:
     """A fresh expert for the episode ``env`` has just begun: each call returns its next action in the env's
-    natural units (``env.unwrapped.action_space``)."""
+    natural units (``env.unwrapped.action_space``), or None where no action can help any more."""
     unwrapped = env.unwrapped
     if env_cfg.kind == "robosuite":
         from envs.robosuite_experts import make_expert
 
         expert = make_expert(env_cfg.task, env_cfg.controller)
         return lambda: expert.act(unwrapped._env)
-    from envs.tabletop.expert import scripted_action
+    from envs.tabletop.expert import beyond_recovery, scripted_action
 
-    return lambda: scripted_action(unwrapped)
+    return lambda: None if beyond_recovery(unwrapped) else scripted_action(unwrapped)
 
 
 class ScriptedExpert(gym.Wrapper):
     """Keeps the env's scripted expert in step with its episodes (a fresh one on every reset) and answers
-    ``expert_action()``: the expert's next action for the current state, normalized to [-1, 1]."""
+    ``expert_action()``: the expert's next action for the current state, normalized to [-1, 1], or None once
+    the episode is beyond recovery (a tabletop object knocked off the table), where no action is right."""
 
     def __init__(self, env: gym.Env, env_cfg):
         super().__init__(env)
         check_has_expert(env_cfg)
         self._env_cfg = env_cfg
-        self._natural: Callable[[], np.ndarray] | None = None
+        self._natural: Optional[Callable[[], Optional[np.ndarray]]] = None
         space = env.unwrapped.action_space
         self._low, self._high = space.low, space.high
 
@@ -64,8 +65,10 @@ class ScriptedExpert(gym.Wrapper):
         self._natural = _natural_expert(self.env, self._env_cfg)
         return result
 
-    def expert_action(self) -> np.ndarray:
+    def expert_action(self) -> Optional[np.ndarray]:
         if self._natural is None:
             raise RuntimeError("expert_action() before the first reset()")
         action = self._natural()
+        if action is None:
+            return None
         return np.clip(2.0 * (action - self._low) / (self._high - self._low) - 1.0, -1.0, 1.0).astype(np.float32)

@@ -73,6 +73,8 @@ def probe_episode(model, env, seed: int, position_error: float = 0.0, position_n
                 aux_errors.append(aux_position_errors(model, tensors, obs["privileged"]))
             if expert_action is not None:
                 action = expert_action()
+                if action is None:  # the object is off the table: the expert has nothing left to do
+                    break
             else:
                 action = model.act(tensors, deterministic=True).action[0].cpu().numpy()
         bound_steps += bool(np.abs(action[:3]).max() >= AT_BOUND)

@@ -88,6 +88,15 @@ def test_failed_episodes_are_dropped_or_kept_and_image_keys_select_cameras(tmp_p
     assert all(set(demo.obs) == {"state"} and demo.num_samples == 3 for demo in dataset.demos.values())
     assert dataset.train == ["demo_0", "demo_1"] and dataset.valid == []
 
+    # The scripted expert knocks the object off the table from this seed: beyond recovery, the episode ends
+    # at that step (failed) rather than running on to the time limit with no right action to show.
+    record_demos(demos_config("env=tabletop_push", "env.use_camera=false", "env.privileged_obs=true",
+                              "seed=100000", "only_successful=false", "episodes=1", "valid_fraction=0",
+                              "progress=false"), tmp_path / "off.hdf5")
+    (demo,) = read_dataset(tmp_path / "off.hdf5").demos.values()
+    assert not demo.success and demo.num_samples < 150 and demo.dones[-1] == 1 and demo.dones[:-1].sum() == 0
+    assert demo.obs["privileged"][:, 2].min() > -0.01  # every stored state still had the object on the table
+
     with pytest.raises(ConfigError, match="image_keys \\['wrist_image'\\]"):
         record_demos(demos_config("env=tabletop_reach", "image_keys=[wrist_image]"), tmp_path / "x.hdf5")
 

@@ -103,8 +103,10 @@ def test_time_limit_truncates_and_does_not_terminate():
 
 def test_object_knocked_off_the_table_does_not_end_the_episode_and_costs_the_most():
     """Terminating there ended the per-step costs early: PPO learned to push objects off the table on purpose."""
-    env = make_env(env_config("push", "use_camera=false"))
+    env = make_env(env_config("push", "use_camera=false"), expert=True)
     env.reset(seed=0)
+    expert_action = env.get_wrapper_attr("expert_action")
+    assert expert_action().shape == env.action_space.shape
     table_env = env.unwrapped
     address = table_env._object_qpos[table_env.get_task_state()["target"]]
     table_env.data.qpos[address:address + 3] = [0.6, 0.0, 0.05]  # beyond the table's edge at 0.4 m
@@ -119,6 +121,7 @@ def test_object_knocked_off_the_table_does_not_end_the_episode_and_costs_the_mos
     # can cost, at least as much as any state with the object on the table (test_push_cost_is_staged...).
     assert table_env.measures().target[2] == pytest.approx(FLOOR_HEIGHT + OBJECT_HALF_SIZE, abs=0.01)
     np.testing.assert_allclose(rewards[-50:], -PUSH_OFF_TABLE_COST)
+    assert expert_action() is None  # beyond recovery: the scripted expert has no action to show
     env.close()
 
 

@@ -10,7 +10,8 @@ The layout is robomimic's (https://robomimic.github.io/docs/datasets/overview.ht
         executed_actions (N, A)  only with checkpoint=: what the env received (the policy's action, or the
                             expert's on the steps expert_mix gave to it)
         rewards    (N,)     float64
-        dones      (N,)     int64, 1 on the step that ended the episode (terminated or truncated)
+        dones      (N,)     int64, 1 on the step that ended the episode (terminated or truncated, or after
+                            which the expert found it beyond recovery: a tabletop object off the table)
         obs/<key>  (N, ...) the observation each action was taken in: camera images uint8 (N, H, W, 3),
                             state float32 (N, S)
     mask/train, mask/valid  demo names (bytes): the split behaviour cloning trains and validates on
@@ -92,6 +93,7 @@ def _policy_actor(cfg, env_cfg):
     if cfg.torch_threads < 1:
         raise ConfigError(f"torch_threads={cfg.torch_threads}; use 1 or more")
     torch.set_num_threads(cfg.torch_threads)
+    torch.manual_seed(cfg.seed)  # deterministic=false samples the policy's actions: the same file every time
     model, _, identity = load_policy(cfg.checkpoint, resolve_device(cfg.device), env_cfg)
     if model.actions_per_decision > 1:
         raise ConfigError(f"the policy of {cfg.checkpoint} acts in chunks of {model.actions_per_decision} actions; the "
@@ -111,7 +113,8 @@ def recorded_episodes(cfg, keys: List[str], policy: Optional[Callable[[Dict[str,
     time; observations under ``keys`` are kept. ``actions`` are always the scripted expert's for the state
     the episode is in. Without ``policy`` the expert's actions are also the ones executed. With one, the policy
     acts and, with probability ``cfg.expert_mix`` per step, the expert does instead (DAgger's mixture); what
-    ran is kept as ``executed_actions``."""
+    ran is kept as ``executed_actions``. An episode the expert finds beyond recovery (a tabletop object off
+    the table) ends there, failed: the states after it have no right action to learn."""
     num_envs = cfg.num_envs
     if num_envs < 1:
         raise ConfigError(f"num_envs={num_envs}; use 1 or more")
@@ -126,9 +129,42 @@ def recorded_episodes(cfg, keys: List[str], policy: Optional[Callable[[Dict[str,
         steps: List[Dict[str, list]] = [defaultdict(list) for _ in range(num_envs)]
         instructions = list(obs["instruction"]) if "instruction" in obs else [None] * num_envs
         finished: Dict[int, Demo] = {}
-        next_attempt, next_out = num_envs, 0
+        next_attempt = num_envs
+
+        def end_episodes(ended: np.ndarray, success: np.ndarray) -> Dict[str, Any]:
+            """Store the ended envs' episodes and start their next attempts; returns the new observations."""
+            nonlocal next_attempt
+            reset_seeds: List[Optional[int]] = [None] * num_envs
+            for i in np.flatnonzero(ended):
+                record = steps[i]
+                record["dones"][-1] = True  # also where the expert gave up before a time limit
+                finished[attempt[i]] = Demo(
+                    obs={key: np.stack(record[key]) for key in keys},
+                    actions=np.stack(record["actions"]).astype(np.float32),
+                    rewards=np.asarray(record["rewards"], dtype=np.float64),
+                    dones=np.asarray(record["dones"], dtype=np.int64), instruction=instructions[i],
+                    success=bool(success[i]), seed=cfg.seed + attempt[i],
+                    executed_actions=None if policy is None else np.stack(record["executed"]).astype(np.float32))
+                steps[i] = defaultdict(list)
+                attempt[i], reset_seeds[i] = next_attempt, cfg.seed + next_attempt
+                next_attempt += 1
+            new_obs, _ = envs.reset(seed=reset_seeds, options={"reset_mask": ended})
+            for i in np.flatnonzero(ended):
+                if "instruction" in new_obs:
+                    instructions[i] = new_obs["instruction"][i]
+            return new_obs
+
+        next_out = 0
         while True:
-            labels = np.stack(envs.call("expert_action"))
+            while next_out in finished:  # in attempt order, whatever order the envs finished them in
+                yield finished.pop(next_out)
+                next_out += 1
+            answers = envs.call("expert_action")
+            gave_up = np.array([answer is None for answer in answers])
+            if gave_up.any():
+                obs = end_episodes(gave_up, np.zeros(num_envs, dtype=bool))
+                continue
+            labels = np.stack(answers)
             executed = labels
             if policy is not None:
                 executed = policy(obs)
@@ -147,28 +183,8 @@ def recorded_episodes(cfg, keys: List[str], policy: Optional[Callable[[Dict[str,
                 if len(steps[i]["dones"]) >= MAX_EPISODE_STEPS and not done[i]:
                     raise ConfigError(f"an episode ran {MAX_EPISODE_STEPS} steps without ending; set "
                                       "env.max_episode_steps (the env has no time limit of its own)")
-            if not done.any():
-                continue
-            reset_seeds: List[Optional[int]] = [None] * num_envs
-            for i in np.flatnonzero(done):
-                record = steps[i]
-                finished[attempt[i]] = Demo(
-                    obs={key: np.stack(record[key]) for key in keys},
-                    actions=np.stack(record["actions"]).astype(np.float32),
-                    rewards=np.asarray(record["rewards"], dtype=np.float64),
-                    dones=np.asarray(record["dones"], dtype=np.int64), instruction=instructions[i],
-                    success=bool(info["success"][i]), seed=cfg.seed + attempt[i],
-                    executed_actions=None if policy is None else np.stack(record["executed"]).astype(np.float32))
-                steps[i] = defaultdict(list)
-                attempt[i], reset_seeds[i] = next_attempt, cfg.seed + next_attempt
-                next_attempt += 1
-            while next_out in finished:  # in attempt order, whatever order the envs finished them in
-                yield finished.pop(next_out)
-                next_out += 1
-            obs, _ = envs.reset(seed=reset_seeds, options={"reset_mask": done})
-            if "instruction" in obs:
-                for i in np.flatnonzero(done):
-                    instructions[i] = obs["instruction"][i]
+            if done.any():
+                obs = end_episodes(done, np.asarray(info["success"], dtype=bool))
     finally:
         envs.close()
 

@@ -40,6 +40,12 @@ def scripted_action(env: TabletopEnv) -> np.ndarray:
     return np.array([*step, gripper], dtype=np.float32)
 
 
+def beyond_recovery(env: TabletopEnv) -> bool:
+    """The named object is off the table (below its top): no hand can bring it back, so there is no right
+    action to show from here on."""
+    return bool(env.measures().target[2] < 0.0)
+
+
 def _over_then_down(hand: np.ndarray, goal: np.ndarray) -> np.ndarray:
     """Travel at cruise height until above ``goal``, then descend onto it (never sweeps through objects)."""
     if np.linalg.norm(hand[:2] - goal[:2]) > 0.015:
