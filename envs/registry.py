@@ -9,7 +9,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import gymnasium as gym
 import numpy as np
@@ -124,6 +124,27 @@ def make_vector_env(cfg, num_envs: int, render_mode: Optional[str] = None, autor
     if (num_envs == 1 and not force_async) or cfg.vector_mode == "sync":
         return gym.vector.SyncVectorEnv(thunks, autoreset_mode=autoreset_mode)
     return gym.vector.AsyncVectorEnv(thunks, context="forkserver", autoreset_mode=autoreset_mode, shared_memory=False)
+
+
+def reset_to_next_episodes(envs: gym.vector.VectorEnv, done: np.ndarray, episode_of: List[int], next_episode: int,
+                           seed: int) -> Tuple[Dict[str, Any], Dict[str, Any], int]:
+    """Episodes numbered in order over a vector env without autoreset: each env flagged in ``done`` starts the
+    next episode, ``next_episode``, ``next_episode + 1``, ..., from ``reset(seed=seed + episode)``, and
+    ``episode_of`` (the episode each env plays) is updated in place. Returns the new observations and infos
+    (the other envs' unchanged) and the next episode not yet started."""
+    reset_seeds: List[Optional[int]] = [None] * len(episode_of)
+    for i in np.flatnonzero(done):
+        episode_of[i], reset_seeds[i] = next_episode, seed + next_episode
+        next_episode += 1
+    obs, info = envs.reset(seed=reset_seeds, options={"reset_mask": done})
+    return obs, info, next_episode
+
+
+def batch_instructions(obs: Dict[str, Any], num_envs: int) -> List[Optional[str]]:
+    """Each env's instruction in a batched observation (None for envs without instructions)."""
+    if "instruction" in obs:
+        return [str(text) for text in obs["instruction"]]
+    return [None] * num_envs
 
 
 def concat_obs(parts: List[Dict[str, Any]]) -> Dict[str, Any]:

@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from vla.config import register_configs
-from vla.errors import ConfigError, UserError
+from vla.errors import UserError
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 register_configs()
@@ -64,16 +64,12 @@ def _train(cfg: DictConfig) -> Optional[float]:
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="eval")
 def _eval(cfg: DictConfig) -> float:
-    import torch
-
     from vla.evaluate import evaluate_policy, load_policy
-    from vla.trainer import resolve_device
+    from vla.trainer import resolve_device, set_torch_threads
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        if cfg.torch_threads < 1:
-            raise ConfigError(f"torch_threads={cfg.torch_threads}; use 1 or more")
-        torch.set_num_threads(cfg.torch_threads)
+        set_torch_threads(cfg.torch_threads)
         model, train_cfg, identity = load_policy(cfg.checkpoint, resolve_device(cfg.device), cfg.env)
         env_cfg = cfg.env if cfg.env is not None else train_cfg.env
         config = {"eval": OmegaConf.to_container(cfg, resolve=True), "train": OmegaConf.to_container(train_cfg)}

@@ -35,6 +35,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from envs import make_env, make_vector_env
+from envs.registry import batch_instructions, reset_to_next_episodes
 from envs.experts import STATELESS_EXPERT_KINDS, check_has_expert
 from vla.backbones.base import image_keys as camera_keys
 from vla.errors import ConfigError, UserError
@@ -84,15 +85,13 @@ def _policy_actor(cfg, env_cfg):
     import torch
 
     from vla.evaluate import load_policy
-    from vla.trainer import resolve_device
+    from vla.trainer import resolve_device, set_torch_threads
 
     if env_cfg.kind not in STATELESS_EXPERT_KINDS:
         raise ConfigError(f"checkpoint= labels the states a policy reaches with the scripted expert, which needs an "
                           f"expert that reads the current state alone (env kinds {list(STATELESS_EXPERT_KINDS)}); "
                           f"the {env_cfg.kind} experts are stage machines. Record expert demos (no checkpoint=)")
-    if cfg.torch_threads < 1:
-        raise ConfigError(f"torch_threads={cfg.torch_threads}; use 1 or more")
-    torch.set_num_threads(cfg.torch_threads)
+    set_torch_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)  # deterministic=false samples the policy's actions: the same file every time
     model, _, identity = load_policy(cfg.checkpoint, resolve_device(cfg.device), env_cfg)
     if model.actions_per_decision > 1:
@@ -127,14 +126,13 @@ def recorded_episodes(cfg, keys: List[str], policy: Optional[Callable[[Dict[str,
         obs, _ = envs.reset(seed=[cfg.seed + i for i in range(num_envs)])
         attempt = list(range(num_envs))  # the attempt each env is playing
         steps: List[Dict[str, list]] = [defaultdict(list) for _ in range(num_envs)]
-        instructions = list(obs["instruction"]) if "instruction" in obs else [None] * num_envs
+        instructions = batch_instructions(obs, num_envs)
         finished: Dict[int, Demo] = {}
         next_attempt = num_envs
 
         def end_episodes(ended: np.ndarray, success: np.ndarray) -> Dict[str, Any]:
             """Store the ended envs' episodes and start their next attempts; returns the new observations."""
             nonlocal next_attempt
-            reset_seeds: List[Optional[int]] = [None] * num_envs
             for i in np.flatnonzero(ended):
                 record = steps[i]
                 record["dones"][-1] = True  # also where the expert gave up before a time limit
@@ -146,12 +144,10 @@ def recorded_episodes(cfg, keys: List[str], policy: Optional[Callable[[Dict[str,
                     success=bool(success[i]), seed=cfg.seed + attempt[i],
                     executed_actions=None if policy is None else np.stack(record["executed"]).astype(np.float32))
                 steps[i] = defaultdict(list)
-                attempt[i], reset_seeds[i] = next_attempt, cfg.seed + next_attempt
-                next_attempt += 1
-            new_obs, _ = envs.reset(seed=reset_seeds, options={"reset_mask": ended})
+            new_obs, _, next_attempt = reset_to_next_episodes(envs, ended, attempt, next_attempt, cfg.seed)
+            new_instructions = batch_instructions(new_obs, num_envs)
             for i in np.flatnonzero(ended):
-                if "instruction" in new_obs:
-                    instructions[i] = new_obs["instruction"][i]
+                instructions[i] = new_instructions[i]
             return new_obs
 
         next_out = 0

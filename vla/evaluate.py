@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm import tqdm
 
 from envs import make_env, make_vector_env
+from envs.registry import batch_instructions, reset_to_next_episodes
 from envs.wrappers import chunk_stats
 from vla import checkpoint as ckpt
 from vla.actor_critic import ActorCritic
@@ -90,7 +91,7 @@ def run_episodes(model: ActorCritic, env_cfg, episodes: int, seed: int, num_envs
         # Env steps to the first step with info["success"] (-1: none yet): the time a task that does not end
         # on success (robosuite Lift holding the cube up to the horizon) took to get there.
         first_success = np.full(num_envs, -1, dtype=np.int64)
-        instructions = _instructions(obs, num_envs)
+        instructions = batch_instructions(obs, num_envs)
         tasks = _tasks(info, env_cfg, num_envs)
         bar = tqdm(total=episodes, desc="eval", unit="ep", disable=not progress, dynamic_ncols=True)
         was_training = model.training
@@ -109,7 +110,6 @@ def run_episodes(model: ActorCritic, env_cfg, episodes: int, seed: int, num_envs
             done = terminated | truncated
             if not done.any():
                 continue
-            reset_seeds: List[Optional[int]] = [None] * num_envs
             for i in np.flatnonzero(done):
                 episode = assigned[i]
                 if episode < episodes:
@@ -120,12 +120,9 @@ def run_episodes(model: ActorCritic, env_cfg, episodes: int, seed: int, num_envs
                         "terminated": bool(terminated[i]), "task": tasks[i], "instruction": instructions[i],
                     }
                     bar.update(1)
-                assigned[i] = next_episode
-                reset_seeds[i] = seed + next_episode
-                next_episode += 1
                 returns[i], lengths[i], first_success[i] = 0.0, 0, -1
-            obs, info = envs.reset(seed=reset_seeds, options={"reset_mask": done})
-            new_instructions, new_tasks = _instructions(obs, num_envs), _tasks(info, env_cfg, num_envs)
+            obs, info, next_episode = reset_to_next_episodes(envs, done, assigned, next_episode, seed)
+            new_instructions, new_tasks = batch_instructions(obs, num_envs), _tasks(info, env_cfg, num_envs)
             for i in np.flatnonzero(done):
                 instructions[i], tasks[i] = new_instructions[i], new_tasks[i]
             render_recorded(only=done)
@@ -149,12 +146,6 @@ def write_videos(rows: List[Dict[str, Any]], videos: Dict[int, List[np.ndarray]]
         if writer is not None:
             log_video(writer, f"eval/video_{outcome}_{episode:03d}", frames, step, fps)
     return paths
-
-
-def _instructions(obs: Dict[str, Any], num_envs: int) -> List[Optional[str]]:
-    if "instruction" in obs:
-        return [str(text) for text in obs["instruction"]]
-    return [None] * num_envs
 
 
 def _tasks(info: Dict[str, Any], env_cfg, num_envs: int) -> List[str]:

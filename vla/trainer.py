@@ -38,6 +38,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def set_torch_threads(count: int) -> None:
+    """``torch_threads`` of vla-eval and vla-demos: refused below 1, with the fix."""
+    if count < 1:
+        raise ConfigError(f"torch_threads={count}; use 1 or more")
+    torch.set_num_threads(count)
+
+
 def load_initial_weights(model: ActorCritic, path: str, state_dim: int, action_dim: int) -> Dict[str, Any]:
     """``init_from``: load the trainable weights and normalizer statistics of a BC or PPO checkpoint (or a run
     directory's latest) into ``model``; refuses one made for another backbone, state or action size (naming
