@@ -77,6 +77,40 @@ def test_report_of_a_scripted_policy_matches_the_env():
     assert report["per_task"][0]["task"] == "Reacher-v5" and report["per_task"][0]["episodes"] == 6
 
 
+class RandomPolicy(torch.nn.Module):
+    """Uniform random actions (seeded), for reports whose contents do not depend on the policy."""
+
+    actions_per_decision = 1
+
+    def __init__(self, action_size: int):
+        super().__init__()
+        self.action_size, self.generator = action_size, torch.Generator().manual_seed(0)
+
+    def to_tensors(self, obs, update_stats=False):
+        return {"state": torch.as_tensor(obs["state"])}
+
+    def act(self, obs, deterministic=True):
+        action = torch.rand(len(obs["state"]), self.action_size, generator=self.generator) * 2 - 1
+        zeros = torch.zeros(len(action))
+        return ActOutput(action, zeros, zeros, {})
+
+
+def test_tabletop_report_breaks_success_down_by_the_named_objects_shape():
+    cfg = train_config("env=tabletop_reach_state", "env.max_episode_steps=5").env
+    rows, _ = run_episodes(RandomPolicy(4), cfg, episodes=9, seed=7, num_envs=2, deterministic=True)
+    env = make_env(cfg)
+    for row in rows:  # each row names the shape of the object its episode's instruction names
+        env.reset(seed=7 + row["episode"])
+        _, _, _, _, info = env.step(np.zeros(4, dtype=np.float32))
+        assert row["object"] == info["object"] and info["object"] in ("box", "sphere", "cylinder")
+        nouns = {"box": ("cube", "block"), "sphere": ("ball", "sphere"), "cylinder": ("cylinder", "can")}
+        assert any(noun in row["instruction"] for noun in nouns[row["object"]])
+    report = build_report(rows, checkpoint={}, config={}, deterministic=True, seed=7)
+    per_object = {group["object"]: group["episodes"] for group in report["per_object"]}
+    assert per_object == {name: sum(r["object"] == name for r in rows) for name in per_object}
+    assert sum(per_object.values()) == 9 and len(per_object) >= 2
+
+
 def test_collapsed_policy_triggers_the_warning_once(tmp_path, small_train_overrides, capsys):
     trainer = Trainer(train_config(*small_train_overrides, "watch.min_action_std=10.0"), tmp_path)
     trainer.train()

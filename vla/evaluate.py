@@ -92,7 +92,7 @@ def run_episodes(model: ActorCritic, env_cfg, episodes: int, seed: int, num_envs
         # on success (robosuite Lift holding the cube up to the horizon) took to get there.
         first_success = np.full(num_envs, -1, dtype=np.int64)
         instructions = batch_instructions(obs, num_envs)
-        tasks = _tasks(info, env_cfg, num_envs)
+        tasks, objects = _tasks(info, env_cfg, num_envs), _objects(info, num_envs)
         bar = tqdm(total=episodes, desc="eval", unit="ep", disable=not progress, dynamic_ncols=True)
         was_training = model.training
         model.eval()
@@ -118,13 +118,15 @@ def run_episodes(model: ActorCritic, env_cfg, episodes: int, seed: int, num_envs
                         "length": int(lengths[i]), "return": float(returns[i]),
                         "first_success_step": int(first_success[i]) if first_success[i] >= 0 else None,
                         "terminated": bool(terminated[i]), "task": tasks[i], "instruction": instructions[i],
+                        "object": objects[i],
                     }
                     bar.update(1)
                 returns[i], lengths[i], first_success[i] = 0.0, 0, -1
             obs, info, next_episode = reset_to_next_episodes(envs, done, assigned, next_episode, seed)
             new_instructions, new_tasks = batch_instructions(obs, num_envs), _tasks(info, env_cfg, num_envs)
+            new_objects = _objects(info, num_envs)
             for i in np.flatnonzero(done):
-                instructions[i], tasks[i] = new_instructions[i], new_tasks[i]
+                instructions[i], tasks[i], objects[i] = new_instructions[i], new_tasks[i], new_objects[i]
             render_recorded(only=done)
         bar.close()
         model.train(was_training)
@@ -154,6 +156,13 @@ def _tasks(info: Dict[str, Any], env_cfg, num_envs: int) -> List[str]:
     return [str(env_cfg.get("id", env_cfg.kind))] * num_envs
 
 
+def _objects(info: Dict[str, Any], num_envs: int) -> List[Optional[str]]:
+    """The named object's kind per env (tabletop: its shape), None for envs that do not say."""
+    if "object" not in info:
+        return [None] * num_envs
+    return [str(name) if present else None for name, present in zip(info["object"], info["_object"])]
+
+
 def summarize(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     """Success rate (with Wilson 95% interval), lengths and returns of a list of episode rows."""
     n = len(rows)
@@ -177,14 +186,17 @@ def summarize(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 def breakdown(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     """The summary of ``rows``, per task and per instruction, and the rows themselves."""
-    per_task, per_instruction = defaultdict(list), defaultdict(list)
+    per_task, per_object, per_instruction = defaultdict(list), defaultdict(list), defaultdict(list)
     for row in rows:
         per_task[row["task"]].append(row)
+        if row.get("object") is not None:
+            per_object[row["object"]].append(row)
         if row["instruction"] is not None:
             per_instruction[row["instruction"]].append(row)
     return {
         **summarize(rows),
         "per_task": [{"task": task, **summarize(group)} for task, group in sorted(per_task.items())],
+        "per_object": [{"object": name, **summarize(group)} for name, group in sorted(per_object.items())],
         "per_instruction": [{"instruction": text, **summarize(group)}
                             for text, group in sorted(per_instruction.items())],
         "episode_rows": rows,
@@ -247,6 +259,14 @@ def _section_markdown(section: Dict[str, Any]) -> List[str]:
         lines.append(f"| {row['task']} | {row['episodes']} | {row['success_rate']:.1%} | "
                      f"{row['success_ci95'][0]:.1%}-{row['success_ci95'][1]:.1%} | "
                      f"{row['episode_length_mean']:.1f} | {row['episode_return_mean']:.2f} |")
+    if section.get("per_object"):
+        lines += ["", "| named object | episodes | success rate | 95% CI | length over successes |",
+                  "|---|---|---|---|---|"]
+        for row in section["per_object"]:
+            length = row["episode_length_success_mean"]
+            lines.append(f"| {row['object']} | {row['episodes']} | {row['success_rate']:.1%} | "
+                         f"{row['success_ci95'][0]:.1%}-{row['success_ci95'][1]:.1%} | "
+                         f"{'-' if length is None else f'{length:.1f}'} |")
     if section["per_instruction"]:
         lines += ["", "| instruction | episodes | success rate |", "|---|---|---|"]
         for row in section["per_instruction"]:

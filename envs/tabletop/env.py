@@ -295,7 +295,9 @@ class TabletopEnv(gym.Env):
         return observation
 
     def _info(self, success: bool, distance: float) -> Dict[str, Any]:
-        return {"success": bool(success), "task": f"tabletop/{self.task.name}", "goal_distance": distance}
+        # "object": the named object's shape, so evaluation reports can break success down by it.
+        return {"success": bool(success), "task": f"tabletop/{self.task.name}", "goal_distance": distance,
+                "object": SHAPES[self._task_state["target"] % len(SHAPES)]}
 
     # ----------------------------------------------------------------------------------------- rendering
     def render(self) -> Optional[np.ndarray]:
