@@ -10,6 +10,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from envs import make_env
+from envs.tabletop.scene import SHAPE_NOUNS, SHAPES
 from tests.conftest import load_experiment, train_config
 from vla.actor_critic import ActOutput
 from vla.evaluate import build_report, run_episodes, wilson_interval
@@ -102,9 +103,8 @@ def test_tabletop_report_breaks_success_down_by_the_named_objects_shape():
     for row in rows:  # each row names the shape of the object its episode's instruction names
         env.reset(seed=7 + row["episode"])
         _, _, _, _, info = env.step(np.zeros(4, dtype=np.float32))
-        assert row["object"] == info["object"] and info["object"] in ("box", "sphere", "cylinder")
-        nouns = {"box": ("cube", "block"), "sphere": ("ball", "sphere"), "cylinder": ("cylinder", "can")}
-        assert any(noun in row["instruction"] for noun in nouns[row["object"]])
+        assert row["object"] == info["object"] and info["object"] in SHAPES
+        assert any(noun in row["instruction"] for noun in SHAPE_NOUNS[row["object"]])
     report = build_report(rows, checkpoint={}, config={}, deterministic=True, seed=7)
     per_object = {group["object"]: group["episodes"] for group in report["per_object"]}
     assert per_object == {name: sum(r["object"] == name for r in rows) for name in per_object}

@@ -92,7 +92,7 @@ def run_episodes(model: ActorCritic, env_cfg, episodes: int, seed: int, num_envs
         # on success (robosuite Lift holding the cube up to the horizon) took to get there.
         first_success = np.full(num_envs, -1, dtype=np.int64)
         instructions = batch_instructions(obs, num_envs)
-        tasks, objects = _tasks(info, env_cfg, num_envs), _objects(info, num_envs)
+        tasks, objects = _episode_labels(info, env_cfg, num_envs)
         bar = tqdm(total=episodes, desc="eval", unit="ep", disable=not progress, dynamic_ncols=True)
         was_training = model.training
         model.eval()
@@ -123,8 +123,8 @@ def run_episodes(model: ActorCritic, env_cfg, episodes: int, seed: int, num_envs
                     bar.update(1)
                 returns[i], lengths[i], first_success[i] = 0.0, 0, -1
             obs, info, next_episode = reset_to_next_episodes(envs, done, assigned, next_episode, seed)
-            new_instructions, new_tasks = batch_instructions(obs, num_envs), _tasks(info, env_cfg, num_envs)
-            new_objects = _objects(info, num_envs)
+            new_instructions = batch_instructions(obs, num_envs)
+            new_tasks, new_objects = _episode_labels(info, env_cfg, num_envs)
             for i in np.flatnonzero(done):
                 instructions[i], tasks[i], objects[i] = new_instructions[i], new_tasks[i], new_objects[i]
             render_recorded(only=done)
@@ -150,17 +150,20 @@ def write_videos(rows: List[Dict[str, Any]], videos: Dict[int, List[np.ndarray]]
     return paths
 
 
-def _tasks(info: Dict[str, Any], env_cfg, num_envs: int) -> List[str]:
-    if "task" in info:
-        return [str(task) for task in info["task"]]
-    return [str(env_cfg.get("id", env_cfg.kind))] * num_envs
+def _episode_labels(info: Dict[str, Any], env_cfg, num_envs: int) -> Tuple[List[str], List[Optional[str]]]:
+    """Per env of a vector env's ``info``: the task (the env id where the env does not say) and the named
+    object's kind (tabletop: its shape; None where the env does not say)."""
+    default_task = str(env_cfg.get("id", env_cfg.kind))
+    tasks = [task or default_task for task in _info_strings(info, "task", num_envs)]
+    return tasks, _info_strings(info, "object", num_envs)
 
 
-def _objects(info: Dict[str, Any], num_envs: int) -> List[Optional[str]]:
-    """The named object's kind per env (tabletop: its shape), None for envs that do not say."""
-    if "object" not in info:
+def _info_strings(info: Dict[str, Any], key: str, num_envs: int) -> List[Optional[str]]:
+    """``info[key]`` per env as a string, None for the envs that did not report it."""
+    if key not in info:
         return [None] * num_envs
-    return [str(name) if present else None for name, present in zip(info["object"], info["_object"])]
+    present = info.get(f"_{key}", [True] * num_envs)
+    return [str(value) if reported else None for value, reported in zip(info[key], present)]
 
 
 def summarize(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
@@ -185,7 +188,7 @@ def summarize(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def breakdown(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
-    """The summary of ``rows``, per task and per instruction, and the rows themselves."""
+    """The summary of ``rows``, per task, per named object and per instruction, and the rows themselves."""
     per_task, per_object, per_instruction = defaultdict(list), defaultdict(list), defaultdict(list)
     for row in rows:
         per_task[row["task"]].append(row)
