@@ -18,7 +18,7 @@ from vla.bc import BCTrainer, demo_samples
 from envs import make_env
 from vla.demos import Demo, DemoDataset, DatasetError, read_dataset, record_demos
 from vla.errors import ConfigError
-from vla.evaluate import load_policy
+from vla.evaluate import load_ensemble, load_policy
 from vla.ppo import PPO, compute_gae, frozen_copy
 from vla.trainer import Trainer
 
@@ -240,6 +240,47 @@ def test_a_dagger_round_labels_the_policys_own_states_with_the_expert_and_bc_tra
     with pytest.raises(ConfigError, match="stage machines"):
         record_demos(demos_config("env=robosuite_lift_state", f"checkpoint={bc_checkpoint}"), tmp_path / "x.hdf5")
     assert not (tmp_path / "x.hdf5").exists()
+
+
+def test_an_ensemble_acts_with_the_average_of_its_policies_mean_actions_in_eval_and_dagger(
+        bc_checkpoint, demos, tmp_path):
+    other = tmp_path / "seed1"
+    BCTrainer(train_config(*BC_RUN, f"dataset={demos}", "eval.episodes=0", "seed=1"), other).train()
+    device = torch.device("cpu")
+    members = [load_policy(str(path), device)[0] for path in (bc_checkpoint, other)]
+    ensemble, _, identity = load_ensemble(str(bc_checkpoint), [str(other)], device)
+    assert [member["path"] for member in identity["ensemble"]] == [str(ckpt.load_checkpoint(other)["path"])]
+    demo = next(iter(read_dataset(demos).demos.values()))
+    obs = {"state": demo.obs["state"], "instruction": [demo.instruction] * demo.num_samples}
+    means = [member.act(member.to_tensors(obs), deterministic=True).action for member in members]
+    assert not torch.allclose(means[0], means[1])  # two seeds: two policies
+    action = ensemble.act(ensemble.to_tensors(obs)).action
+    torch.testing.assert_close(action, (means[0] + means[1]) / 2)
+
+    # A DAgger round driven by the ensemble executes the averaged actions and names both members.
+    path = record_demos(demos_config(*REACH, f"checkpoint={bc_checkpoint}", f"ensemble=[{other}]", "episodes=1",
+                                     "progress=false"), tmp_path / "round.hdf5")["path"]
+    with h5py.File(path, "r") as f:
+        assert len(json.loads(f["data"].attrs["policy"])["ensemble"]) == 1
+    (demo,) = read_dataset(path).demos.values()
+    obs = {"state": demo.obs["state"], "instruction": [demo.instruction] * demo.num_samples}
+    np.testing.assert_allclose(demo.executed_actions, ensemble.act(ensemble.to_tensors(obs)).action.numpy(),
+                               atol=1e-6)
+
+    # vla-eval: the report names the members.
+    result = run_cli("vla-eval", f"checkpoint={bc_checkpoint}", f"ensemble=[{other}]", "episodes=2",
+                     "num_envs=2", "progress=false", f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert len(report["checkpoint"]["ensemble"]) == 1 and report["episodes"] == 2
+
+    with pytest.raises(ConfigError, match="average of its policies' mean actions"):
+        record_demos(demos_config(*REACH, f"checkpoint={bc_checkpoint}", f"ensemble=[{other}]",
+                                  "deterministic=false"), tmp_path / "x.hdf5")
+    with pytest.raises(ConfigError, match="needs checkpoint="):
+        record_demos(demos_config(*REACH, f"ensemble=[{other}]"), tmp_path / "x.hdf5")
+    with pytest.raises(ConfigError, match="sampling"):
+        ensemble.act(ensemble.to_tensors(obs), deterministic=False)
 
 
 def gae(storage):

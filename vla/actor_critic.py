@@ -266,3 +266,40 @@ class ActorCritic(nn.Module):
         dist, value = self.heads(self.backbone.project(features), inputs["state"], inputs.get("privileged"),
                                  aux=True)
         return dist.log_prob(actions), dist.entropy(), value, dist
+
+
+class PolicyEnsemble(nn.Module):
+    """Several trained policies acting as one (``vla-eval ensemble=[...]``, ``vla-demos ensemble=[...]``): the
+    action is the average of the members' mean actions. Each member converts the observations with its own
+    normalizer and runs its own backbone, so members may differ in everything but the env and action space.
+    Evaluation and DAgger recording only: it has no log-probabilities or values and is never trained."""
+
+    def __init__(self, members: List[ActorCritic]):
+        super().__init__()
+        if len(members) < 2:
+            raise ConfigError(f"an ensemble needs at least 2 policies, got {len(members)}")
+        steps = sorted({member.actions_per_decision for member in members})
+        if len(steps) > 1:
+            raise ConfigError(f"the ensemble's policies run different action chunks ({steps} env steps per "
+                              "decision); average policies of one policy.chunk_size")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def actions_per_decision(self) -> int:
+        return self.members[0].actions_per_decision
+
+    def to_tensors(self, obs: Mapping[str, np.ndarray], update_stats: bool = False) -> List[Dict[str, torch.Tensor]]:
+        """One ``to_tensors`` batch per member (each normalizes with its own statistics)."""
+        if update_stats:
+            raise ConfigError("an ensemble is never trained: its members keep the statistics they were saved with")
+        return [member.to_tensors(obs) for member in self.members]
+
+    @torch.no_grad()
+    def act(self, obs: List[Dict[str, torch.Tensor]], deterministic: bool = True) -> ActOutput:
+        if not deterministic:
+            raise ConfigError("an ensemble acts with the average of its policies' mean actions; sampling "
+                              "(deterministic=false) is not defined for it")
+        actions = [member.act(member_obs, deterministic=True).action for member, member_obs in zip(self.members, obs)]
+        action = torch.stack(actions).mean(dim=0)
+        nan = torch.full((action.shape[0],), float("nan"), device=action.device)
+        return ActOutput(action, nan, nan, {})

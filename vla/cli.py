@@ -64,13 +64,14 @@ def _train(cfg: DictConfig) -> Optional[float]:
 
 @hydra.main(version_base=None, config_path=CONFIG_PATH, config_name="eval")
 def _eval(cfg: DictConfig) -> float:
-    from vla.evaluate import evaluate_policy, load_policy
+    from vla.evaluate import evaluate_policy, load_ensemble
     from vla.trainer import resolve_device, set_torch_threads
 
     out_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         set_torch_threads(cfg.torch_threads)
-        model, train_cfg, identity = load_policy(cfg.checkpoint, resolve_device(cfg.device), cfg.env)
+        model, train_cfg, identity = load_ensemble(cfg.checkpoint, list(cfg.ensemble), resolve_device(cfg.device),
+                                                   cfg.env)
         env_cfg = cfg.env if cfg.env is not None else train_cfg.env
         config = {"eval": OmegaConf.to_container(cfg, resolve=True), "train": OmegaConf.to_container(train_cfg)}
         config["eval"]["env"] = OmegaConf.to_container(env_cfg, resolve=True)

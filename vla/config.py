@@ -552,6 +552,9 @@ class EvalRunConfig:
     """``vla-eval``: evaluate a checkpoint; env/backbone overrides are applied on top of the checkpoint's config."""
 
     checkpoint: str = MISSING
+    # More checkpoints (or run directories) that act together with checkpoint as one policy: the average of
+    # their mean actions (deterministic only), e.g. clones of several seeds.
+    ensemble: List[str] = field(default_factory=list)
     episodes: int = 20
     deterministic: bool = True
     num_envs: int = 4
@@ -599,6 +602,9 @@ class DemosConfig:
     # A checkpoint (or run directory) whose policy acts instead of the expert, which only labels the states
     # the policy reaches with its own actions: a DAgger round (stateless experts only: the tabletop tasks).
     checkpoint: Optional[str] = None
+    # With checkpoint=: more checkpoints that act with it as one policy, the average of their mean actions
+    # (as vla-eval's ensemble).
+    ensemble: List[str] = field(default_factory=list)
     # With checkpoint=: the chance per step that the expert's action runs instead of the policy's (DAgger's
     # beta).
     expert_mix: float = 0.0

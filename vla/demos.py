@@ -81,10 +81,16 @@ def _policy_actor(cfg, env_cfg):
     """``vla-demos checkpoint=CKPT``: a function from a batched observation to the checkpoint's actions, and the
     checkpoint's identity. ``None, None`` when the expert drives."""
     if cfg.checkpoint is None:
+        if cfg.ensemble:
+            raise ConfigError(f"ensemble={list(cfg.ensemble)} needs checkpoint=<run or checkpoint>: the ensemble is "
+                              "checkpoint and these together")
         return None, None
+    if cfg.ensemble and not cfg.deterministic:
+        raise ConfigError("an ensemble acts with the average of its policies' mean actions; drop "
+                          "deterministic=false or the ensemble")
     import torch
 
-    from vla.evaluate import load_policy
+    from vla.evaluate import load_ensemble
     from vla.trainer import resolve_device, set_torch_threads
 
     if env_cfg.kind not in STATELESS_EXPERT_KINDS:
@@ -93,7 +99,7 @@ def _policy_actor(cfg, env_cfg):
                           f"the {env_cfg.kind} experts are stage machines. Record expert demos (no checkpoint=)")
     set_torch_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)  # deterministic=false samples the policy's actions: the same file every time
-    model, _, identity = load_policy(cfg.checkpoint, resolve_device(cfg.device), env_cfg)
+    model, _, identity = load_ensemble(cfg.checkpoint, list(cfg.ensemble), resolve_device(cfg.device), env_cfg)
     if model.actions_per_decision > 1:
         raise ConfigError(f"the policy of {cfg.checkpoint} acts in chunks of {model.actions_per_decision} actions; the "
                           "expert labels single steps, so checkpoint= needs a policy with policy.chunk_size=1")
@@ -275,10 +281,12 @@ def record_demos(cfg, path: Path) -> Dict[str, Any]:
             data.attrs["total"] = total
             data.attrs["env_args"] = json.dumps(OmegaConf.to_container(cfg.env, resolve=True))
             if identity is not None:
-                data.attrs["policy"] = json.dumps({"checkpoint": identity["path"],
-                                                   "global_step": identity["global_step"],
-                                                   "expert_mix": cfg.expert_mix,
-                                                   "deterministic": cfg.deterministic})
+                policy_attrs = {"checkpoint": identity["path"], "global_step": identity["global_step"],
+                                "expert_mix": cfg.expert_mix, "deterministic": cfg.deterministic}
+                if "ensemble" in identity:
+                    policy_attrs["ensemble"] = [{"checkpoint": member["path"], "global_step": member["global_step"]}
+                                                for member in identity["ensemble"]]
+                data.attrs["policy"] = json.dumps(policy_attrs)
             for split, members in split_names(names, cfg.valid_fraction, cfg.seed).items():
                 f.create_dataset(f"mask/{split}", data=np.array(members, dtype="S"))
         os.replace(tmp, path)

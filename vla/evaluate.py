@@ -24,7 +24,7 @@ from envs import make_env, make_vector_env
 from envs.registry import batch_instructions, reset_to_next_episodes
 from envs.wrappers import chunk_stats
 from vla import checkpoint as ckpt
-from vla.actor_critic import ActorCritic
+from vla.actor_critic import ActorCritic, PolicyEnsemble
 from vla.config import complete_saved_config
 from vla.errors import ConfigError
 from vla.video import caption, log_video, write_video
@@ -343,3 +343,19 @@ def load_policy(checkpoint_path: str, device: torch.device, env_cfg=None
     identity = {"path": str(loaded["path"]), "global_step": loaded["state"]["global_step"],
                 "update": loaded["state"]["update_index"], "backbone": loaded["state"]["backbone"]}
     return model.to(device), train_cfg, identity
+
+
+def load_ensemble(checkpoint_path: str, ensemble: List[str], device: torch.device, env_cfg=None
+                  ) -> Tuple[torch.nn.Module, DictConfig, Dict[str, Any]]:
+    """``load_policy`` for ``checkpoint_path`` alone (``ensemble`` empty), or a ``PolicyEnsemble`` of it and
+    the ``ensemble`` checkpoints, all on ``env_cfg`` (None: the env ``checkpoint_path`` was trained on); the
+    identity names every member under ``ensemble``."""
+    model, train_cfg, identity = load_policy(checkpoint_path, device, env_cfg)
+    if not ensemble:
+        return model, train_cfg, identity
+    members, identities = [model], []
+    for path in ensemble:
+        member, _, member_identity = load_policy(path, device, env_cfg if env_cfg is not None else train_cfg.env)
+        members.append(member)
+        identities.append(member_identity)
+    return PolicyEnsemble(members).to(device), train_cfg, {**identity, "ensemble": identities}
