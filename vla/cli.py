@@ -71,7 +71,7 @@ def _eval(cfg: DictConfig) -> float:
     try:
         set_torch_threads(cfg.torch_threads)
         model, train_cfg, identity = load_ensemble(cfg.checkpoint, list(cfg.ensemble), resolve_device(cfg.device),
-                                                   cfg.env)
+                                                   cfg.env, cfg.deterministic)
         env_cfg = cfg.env if cfg.env is not None else train_cfg.env
         config = {"eval": OmegaConf.to_container(cfg, resolve=True), "train": OmegaConf.to_container(train_cfg)}
         config["eval"]["env"] = OmegaConf.to_container(env_cfg, resolve=True)

@@ -85,9 +85,6 @@ def _policy_actor(cfg, env_cfg):
             raise ConfigError(f"ensemble={list(cfg.ensemble)} needs checkpoint=<run or checkpoint>: the ensemble is "
                               "checkpoint and these together")
         return None, None
-    if cfg.ensemble and not cfg.deterministic:
-        raise ConfigError("an ensemble acts with the average of its policies' mean actions; drop "
-                          "deterministic=false or the ensemble")
     import torch
 
     from vla.evaluate import load_ensemble
@@ -99,7 +96,8 @@ def _policy_actor(cfg, env_cfg):
                           f"the {env_cfg.kind} experts are stage machines. Record expert demos (no checkpoint=)")
     set_torch_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)  # deterministic=false samples the policy's actions: the same file every time
-    model, _, identity = load_ensemble(cfg.checkpoint, list(cfg.ensemble), resolve_device(cfg.device), env_cfg)
+    model, _, identity = load_ensemble(cfg.checkpoint, list(cfg.ensemble), resolve_device(cfg.device), env_cfg,
+                                       cfg.deterministic)
     if model.actions_per_decision > 1:
         raise ConfigError(f"the policy of {cfg.checkpoint} acts in chunks of {model.actions_per_decision} actions; the "
                           "expert labels single steps, so checkpoint= needs a policy with policy.chunk_size=1")

@@ -345,11 +345,15 @@ def load_policy(checkpoint_path: str, device: torch.device, env_cfg=None
     return model.to(device), train_cfg, identity
 
 
-def load_ensemble(checkpoint_path: str, ensemble: List[str], device: torch.device, env_cfg=None
-                  ) -> Tuple[torch.nn.Module, DictConfig, Dict[str, Any]]:
+def load_ensemble(checkpoint_path: str, ensemble: List[str], device: torch.device, env_cfg=None,
+                  deterministic: bool = True) -> Tuple[torch.nn.Module, DictConfig, Dict[str, Any]]:
     """``load_policy`` for ``checkpoint_path`` alone (``ensemble`` empty), or a ``PolicyEnsemble`` of it and
     the ``ensemble`` checkpoints, all on ``env_cfg`` (None: the env ``checkpoint_path`` was trained on); the
-    identity names every member under ``ensemble``."""
+    identity names every member under ``ensemble``. An ensemble that is to sample (``deterministic`` false) is
+    refused before anything loads."""
+    if ensemble and not deterministic:
+        raise ConfigError("an ensemble acts with the average of its policies' mean actions; drop "
+                          "deterministic=false or the ensemble")
     model, train_cfg, identity = load_policy(checkpoint_path, device, env_cfg)
     if not ensemble:
         return model, train_cfg, identity
