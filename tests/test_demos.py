@@ -101,6 +101,35 @@ def test_failed_episodes_are_dropped_or_kept_and_image_keys_select_cameras(tmp_p
         record_demos(demos_config("env=tabletop_reach", "image_keys=[wrist_image]"), tmp_path / "x.hdf5")
 
 
+def test_action_noise_runs_perturbed_actions_and_labels_each_state_with_the_clean_expert_action(tmp_path):
+    """DART: with action_noise the noisy actions run (kept as executed_actions) and every stored label is the
+    expert's clean action for the state that was reached; replaying the executed actions from the stored seed
+    reproduces the episode."""
+    state_push = [*PUSH, "env.use_camera=false", "progress=false"]
+    path = record_demos(demos_config(*state_push, "episodes=2", "seed=7", "action_noise=0.2", "valid_fraction=0"),
+                        tmp_path / "noisy.hdf5")["path"]
+    with h5py.File(path, "r") as f:
+        assert f["data"].attrs["action_noise"] == pytest.approx(0.2)
+    dataset = read_dataset(path)
+    env = make_env(demos_config(*state_push).env, expert=True)
+    try:
+        for demo in dataset.demos.values():
+            noise = demo.executed_actions - demo.actions
+            inside = np.abs(demo.executed_actions) < 1.0  # not clipped at the action bound
+            assert 0.15 < noise[inside].std() < 0.25 and np.abs(demo.executed_actions).max() <= 1.0
+            obs, _ = env.reset(seed=demo.seed)
+            for t, executed in enumerate(demo.executed_actions):
+                np.testing.assert_array_equal(obs["state"], demo.obs["state"][t])
+                np.testing.assert_array_equal(env.get_wrapper_attr("expert_action")(), demo.actions[t])
+                obs, reward, terminated, truncated, info = env.step(executed)
+                assert reward == demo.rewards[t]
+            assert info["success"] and demo.success
+    finally:
+        env.close()
+    with pytest.raises(ConfigError, match="action_noise=-0.1"):
+        record_demos(demos_config(*state_push, "action_noise=-0.1"), tmp_path / "x.hdf5")
+
+
 def test_env_without_an_expert_and_a_missing_dataset_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="'Reacher-v5' has no scripted expert"):
         record_demos(demos_config("env=reacher"), tmp_path / "reacher.hdf5")

@@ -13,7 +13,7 @@ from envs import make_env
 from envs.tabletop.scene import SHAPE_NOUNS, SHAPES
 from tests.conftest import load_experiment, train_config
 from vla.actor_critic import ActOutput
-from vla.evaluate import build_report, run_episodes, wilson_interval
+from vla.evaluate import _section_markdown, build_report, run_episodes, summarize, wilson_interval
 from vla.trainer import Trainer
 
 
@@ -76,6 +76,23 @@ def test_report_of_a_scripted_policy_matches_the_env():
     assert report["success_rate"] > 0.5  # the scripted controller reaches the target: success is reachable
     assert report["first_success_step_mean"] == np.mean([r["first_success_step"] for r in rows if r["success"]])
     assert report["per_task"][0]["task"] == "Reacher-v5" and report["per_task"][0]["episodes"] == 6
+
+
+def test_report_counts_success_reached_but_not_held_apart():
+    """An episode that reaches success and loses it (a cube lifted, then dropped before the horizon) fails in
+    success_rate and counts in reached_success_rate, robomimic's rollout success; the report says so."""
+    rows = [{"success": True, "first_success_step": 40, "length": 200, "return": 1.0},
+            {"success": False, "first_success_step": 55, "length": 200, "return": 1.0},
+            {"success": False, "first_success_step": None, "length": 200, "return": 0.0},
+            {"success": False, "first_success_step": None, "length": 200, "return": 0.0}]
+    summary = summarize(rows)
+    assert summary["success_rate"] == 0.25 and summary["reached_success_rate"] == 0.5
+    assert summary["first_success_step_mean"] == 40  # of the successful episodes only
+    lines = "\n".join(_section_markdown({**summary, "per_task": [], "per_instruction": []}))
+    assert "success reached at some step" in lines and "50.0%" in lines
+    held = summarize(rows[:1] + rows[2:])
+    assert held["reached_success_rate"] == held["success_rate"]
+    assert "reached at some step" not in "\n".join(_section_markdown({**held, "per_task": [], "per_instruction": []}))
 
 
 class RandomPolicy(torch.nn.Module):

@@ -85,6 +85,10 @@ def _eval(cfg: DictConfig) -> float:
     low, high = report["success_ci95"]
     print(f"success rate {report['success_rate']:.1%} (95% CI {low:.1%}-{high:.1%}) over {report['episodes']} "
           f"episodes; episode length {report['episode_length_mean']:.1f}; report: {path}", flush=True)
+    if report["reached_success_rate"] != report["success_rate"]:
+        low, high = report["reached_success_ci95"]
+        print(f"success reached at some step (not held to the end in every episode): "
+              f"{report['reached_success_rate']:.1%} (95% CI {low:.1%}-{high:.1%})", flush=True)
     if "heldout" in report:
         heldout = report["heldout"]
         low, high = heldout["success_ci95"]

@@ -610,6 +610,12 @@ class DemosConfig:
     expert_mix: float = 0.0
     # With checkpoint=: act with the policy's mean action (False: sample from it).
     deterministic: bool = True
+    # Standard deviation of Gaussian noise added to every executed action (normalized units, then clipped to
+    # [-1, 1]) while the expert's clean action is stored as the label (DART, Laskey et al. 2017): the demos then
+    # show the way back from states just off the expert's path, where a clone's own small errors take it. Works
+    # with every expert, stage machines included (they read the current state each step); what ran is kept as
+    # executed_actions. 0: off.
+    action_noise: float = 0.0
     # With checkpoint=: where and with how many threads the policy runs (auto: CUDA when available).
     device: str = "auto"
     torch_threads: int = 1

@@ -115,8 +115,9 @@ def recorded_episodes(cfg, keys: List[str], policy: Optional[Callable[[Dict[str,
     """Episodes from ``reset(seed=cfg.seed + i)``, i = 0, 1, ..., in that order, stepped ``cfg.num_envs`` at a
     time; observations under ``keys`` are kept. ``actions`` are always the scripted expert's for the state
     the episode is in. Without ``policy`` the expert's actions are also the ones executed. With one, the policy
-    acts and, with probability ``cfg.expert_mix`` per step, the expert does instead (DAgger's mixture); what
-    ran is kept as ``executed_actions``. An episode the expert finds beyond recovery (a tabletop object off
+    acts and, with probability ``cfg.expert_mix`` per step, the expert does instead (DAgger's mixture). With
+    ``cfg.action_noise`` Gaussian noise is added to what runs (DART). With a policy or noise, what ran is kept
+    as ``executed_actions``. An episode the expert finds beyond recovery (a tabletop object off
     the table) ends there, failed: the states after it have no right action to learn."""
     num_envs = cfg.num_envs
     if num_envs < 1:
@@ -124,7 +125,11 @@ def recorded_episodes(cfg, keys: List[str], policy: Optional[Callable[[Dict[str,
     if not 0.0 <= cfg.expert_mix <= 1.0:
         raise ConfigError(f"expert_mix={cfg.expert_mix} must lie in [0, 1] (the chance per step that the expert "
                           "acts instead of the policy)")
+    if not cfg.action_noise >= 0.0:
+        raise ConfigError(f"action_noise={cfg.action_noise} must be 0 (off) or a positive standard deviation in "
+                          "normalized action units (about 0.05-0.3)")
     rng = np.random.default_rng(cfg.seed)
+    keep_executed = policy is not None or cfg.action_noise > 0
     envs = make_vector_env(cfg.env, num_envs, autoreset=False, expert=True)
     try:
         obs, _ = envs.reset(seed=[cfg.seed + i for i in range(num_envs)])
@@ -146,7 +151,7 @@ def recorded_episodes(cfg, keys: List[str], policy: Optional[Callable[[Dict[str,
                     rewards=np.asarray(record["rewards"], dtype=np.float64),
                     dones=np.asarray(record["dones"], dtype=np.int64), instruction=instructions[i],
                     success=bool(success[i]), seed=cfg.seed + attempt[i],
-                    executed_actions=None if policy is None else np.stack(record["executed"]).astype(np.float32))
+                    executed_actions=np.stack(record["executed"]).astype(np.float32) if keep_executed else None)
                 steps[i] = defaultdict(list)
             new_obs, _, next_attempt = reset_to_next_episodes(envs, ended, attempt, next_attempt, cfg.seed)
             new_instructions = batch_instructions(new_obs, num_envs)
@@ -170,6 +175,9 @@ def recorded_episodes(cfg, keys: List[str], policy: Optional[Callable[[Dict[str,
                 executed = policy(obs)
                 from_expert = rng.random(num_envs) < cfg.expert_mix
                 executed[from_expert] = labels[from_expert]
+            if cfg.action_noise > 0:  # a new array: the labels stay the expert's clean actions; float32 as stored
+                noisy = executed + rng.normal(0.0, cfg.action_noise, executed.shape)
+                executed = np.clip(noisy, -1.0, 1.0).astype(np.float32)
             for i in range(num_envs):
                 for key in keys:
                     steps[i][key].append(obs[key][i])
@@ -278,6 +286,8 @@ def record_demos(cfg, path: Path) -> Dict[str, Any]:
                                 "episodes too)")
             data.attrs["total"] = total
             data.attrs["env_args"] = json.dumps(OmegaConf.to_container(cfg.env, resolve=True))
+            if cfg.action_noise > 0:
+                data.attrs["action_noise"] = float(cfg.action_noise)
             if identity is not None:
                 policy_attrs = {"checkpoint": identity["path"], "global_step": identity["global_step"],
                                 "expert_mix": cfg.expert_mix, "deterministic": cfg.deterministic}

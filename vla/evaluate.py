@@ -174,11 +174,16 @@ def summarize(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
     # Of the successful episodes: the step success was first reached (their length, when success ends them).
     first_success = [r["first_success_step"] for r in rows
                      if r["success"] and r.get("first_success_step") is not None]
+    # Episodes in which success held at some step, whether or not at the end (robomimic's rollout success, which
+    # stops at the first success): apart from success_rate only in envs that do not end on success.
+    reached = sum(r.get("first_success_step") is not None for r in rows)
     low, high = wilson_interval(successes, n)
     return {
         "episodes": n,
         "success_rate": successes / n if n else 0.0,
         "success_ci95": [low, high],
+        "reached_success_rate": reached / n if n else 0.0,
+        "reached_success_ci95": list(wilson_interval(reached, n)),
         "episode_length_mean": float(np.mean([r["length"] for r in rows])) if n else 0.0,
         "episode_length_success_mean": float(np.mean(successful_lengths)) if successful_lengths else None,
         "first_success_step_mean": float(np.mean(first_success)) if first_success else None,
@@ -234,6 +239,7 @@ def report_scalars(report: Dict[str, Any]) -> Dict[str, Optional[float]]:
             f"{prefix}/success_rate": section["success_rate"],
             f"{prefix}/success_ci95_low": section["success_ci95"][0],
             f"{prefix}/success_ci95_high": section["success_ci95"][1],
+            f"{prefix}/reached_success_rate": section.get("reached_success_rate"),
             f"{prefix}/episode_length": section["episode_length_mean"],
             f"{prefix}/episode_length_success": section["episode_length_success_mean"],
             f"{prefix}/first_success_step": section["first_success_step_mean"],
@@ -249,6 +255,13 @@ def _section_markdown(section: Dict[str, Any]) -> List[str]:
     first_success = section.get("first_success_step_mean")
     lines = [
         f"- **success rate: {section['success_rate']:.1%}** (95% Wilson interval {low:.1%} to {high:.1%})",
+    ]
+    reached = section.get("reached_success_rate")
+    if reached is not None and reached != section["success_rate"]:
+        reached_low, reached_high = section["reached_success_ci95"]
+        lines.append(f"- success reached at some step (not necessarily held to the end): {reached:.1%} (95% "
+                     f"Wilson interval {reached_low:.1%} to {reached_high:.1%})")
+    lines += [
         f"- episode length: {section['episode_length_mean']:.1f} mean"
         + (f", {length_success:.1f} over successful episodes" if length_success is not None else "")
         + (f"; success first reached at step {first_success:.1f} (successful episodes, mean)"
