@@ -6,6 +6,7 @@ hub id goes through.
 """
 
 import copy
+import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -187,6 +188,23 @@ def test_bfloat16_towers_cache_bfloat16_features_close_to_float32_and_project_in
     assert half.backbone.identity()["dtype"] == "bfloat16" and "dtype" not in full.backbone.identity()
     with pytest.raises(ConfigError, match="backbone.dtype=bfloat16 with LoRA adapters"):
         actor_critic(env, "backbone=towers", "backbone.dtype=bfloat16", "backbone.lora.rank=2")
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bfloat16_towers_warn_where_the_hardware_emulates_bfloat16(monkeypatch, native):
+    """bfloat16 without hardware support runs the frozen towers about 10x slower than float32: say so, with
+    the fix; say nothing where it is native, or for float32."""
+    monkeypatch.setattr("vla.backbones.towers.bfloat16_is_native", lambda: native)
+    env = ImageInstructionEnv(image_size=32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        actor_critic(env, "backbone=towers", "backbone.hidden_size=32", "backbone.dtype=bfloat16")
+        actor_critic(env, "backbone=towers", "backbone.hidden_size=32")
+    messages = [str(w.message) for w in caught if "backbone.dtype" in str(w.message)]
+    if native:
+        assert messages == []
+    else:
+        assert len(messages) == 1 and "10x slower" in messages[0] and "backbone.dtype=float32" in messages[0]
 
 
 def test_towers_train_image_tower_fine_tunes_it_and_marks_the_checkpoint():
