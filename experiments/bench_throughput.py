@@ -40,6 +40,7 @@ import torch  # noqa: E402
 
 from bench_envs import steps_per_second  # noqa: E402  (experiments/ is sys.path[0] for a script)
 from tests.conftest import train_config  # noqa: E402
+from vla.backbones.towers import bfloat16_is_native  # noqa: E402
 from vla.trainer import Trainer  # noqa: E402
 
 RESULTS = REPO / "experiments" / "results" / "bench_throughput.md"
@@ -107,8 +108,7 @@ COMPARISONS = [
         "The frozen towers in bfloat16 (`backbone.dtype=bfloat16`), side by side with float32", "backbone.dtype",
         ("float32", "bfloat16"),
         {"towers, tabletop reach (preset model, 32 async envs)": PRESET_TOWERS},
-        "This CPU has AVX-512 BF16 instructions (`lscpu` flag avx512_bf16), which the bfloat16 convolutions and "
-        "matrix products use; the trainable layers, the heads and the update stay float32."),
+        "{bfloat16}; the trainable layers, the heads and the update stay float32."),
 ]
 SCALING_SETTINGS = {"local (distributed=none)": [],
                     "ray, 1 worker": ["distributed=ray", "distributed.num_workers=1"],
@@ -269,14 +269,28 @@ def main() -> None:
         RESULTS.write_text(report)
 
 
+def compute_device() -> str:
+    """Where the trainer's model ran (device=auto)."""
+    return f"GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "no GPU"
+
+
+def bfloat16_hardware() -> str:
+    if torch.cuda.is_available():
+        return f"The frozen stage ran on the GPU ({torch.cuda.get_device_name()}), which has bfloat16 tensor cores"
+    if bfloat16_is_native():
+        return ("This CPU has bfloat16 instructions (AVX-512 BF16 or AMX), which the bfloat16 convolutions and "
+                "matrix products use")
+    return "This CPU has no bfloat16 instructions: bfloat16 is emulated, about 10x slower than float32"
+
+
 def render(results, threads, compared, scaling, args, seconds: float, load_before: float,
            load_after: float) -> str:
     command = "python experiments/bench_throughput.py" + (f" --scale {args.scale}" if args.scale != 1.0 else "")
     lines = [
         "# Training throughput against raw env throughput", "",
         f"`{command}` on {os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}, "
-        f"no GPU, offscreen rendering via MUJOCO_GL={os.environ['MUJOCO_GL']}. Env steps per second, all envs "
-        "together. *raw*: the same vector env stepped with random actions (mean of a measurement right before "
+        f"{compute_device()}, offscreen rendering via MUJOCO_GL={os.environ['MUJOCO_GL']}. Env steps per second, "
+        "all envs together. *raw*: the same vector env stepped with random actions (mean of a measurement right before "
         "and right after the trainer). *rollout*: the trainer's rollout phase. *training*: the full loop, "
         "rollout plus PPO update. Ratios are against raw.", "",
         "| configuration | raw | rollout | training | rollout / raw | training / raw | target |",
@@ -331,7 +345,7 @@ def render(results, threads, compared, scaling, args, seconds: float, load_befor
                          f"{mean[default]['frozen']:.2f} / {mean[candidate]['frozen']:.2f} | "
                          f"{', '.join(f'{v:,.0f}' for v in rates[default])}; "
                          f"{', '.join(f'{v:,.0f}' for v in rates[candidate])} |")
-        lines += ["", comparison.note]
+        lines += ["", comparison.note.format(bfloat16=bfloat16_hardware())]
     if scaling:
         lines += ["", "Rollout workers, side by side: state backbone on tabletop reach, 8 envs in all (split "
                   "between the workers, each stepping its envs in-process), one local Ray instance; "
