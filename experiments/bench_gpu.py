@@ -11,7 +11,8 @@ this machine's GPU when it has one (else its CPU): issue 6, item 5.
 Backbones, timed as a rollout step runs them (``torch.no_grad``, one batch of ``num_envs`` observations):
 ``frozen`` is the backbone's frozen stage alone on observations already on the device (what feature caching
 stores); ``step`` is the whole inference of a rollout step, from the vector env's numpy batch to actions back on
-the host (``to_tensors`` with pinned, non-blocking copies, frozen stage, projection, heads, sampling).
+the host (``to_tensors`` with pinned, non-blocking copies, frozen stage, projection, heads, sampling). The
+heads are the test suite's (``policy=gaussian_transformer`` of width 32, ``critic=attention``).
 - ``towers``: EfficientNet-Lite0 + MiniLM-L6 (instruction tokens cached per instruction), 84x84 frames as
   robosuite's agentview camera gives them, and 224x224.
 - ``hf``: random Llava-style VLMs (SigLIP vision + Qwen2 text), built from transformers configs and loaded
