@@ -49,7 +49,6 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 SUBSTEPS = 25  # robosuite: control_freq 20 Hz over the 2 ms physics step
-SLOW_FLAGS = ("mjRND_SHADOW", "mjRND_REFLECTION", "mjRND_SKYBOX")
 
 
 # ------------------------------------------------------------------------------------------------ backbones
@@ -69,14 +68,10 @@ def timed(fn: Callable[[], object], sync: Callable[[], None], budget: float = 1.
 
 
 def processor_seconds(backbone, obs: Dict[str, "torch.Tensor"]) -> float:
-    """The hf backbone's processor alone on the batch, called as ``HFBackbone.encode_frozen`` calls it: it
-    tokenizes the prompts and resizes and normalizes the images on the CPU, whatever the model's device."""
-    prompts = [backbone._prompt(i) for i in obs["instruction_id"].tolist()]
-    frames = [obs[camera].cpu().numpy() for camera in backbone.cameras]
-    images = [[camera[b] for camera in frames] for b in range(len(prompts))]
-    return timed(lambda: backbone.processor(text=prompts, images=images, padding="max_length",
-                                            max_length=backbone.sequence_length, return_tensors="pt"),
-                 lambda: None)
+    """The hf backbone's processor alone on the batch (``HFBackbone.processor_inputs``, the first part of its
+    frozen stage): it tokenizes the prompts and resizes and normalizes the images on the CPU, whatever the
+    model's device."""
+    return timed(lambda: backbone.processor_inputs(obs), lambda: None)
 
 
 def save_llava(directory: Path, vision: dict, text: dict, image_size: int, patch_size: int) -> Path:
@@ -196,11 +191,13 @@ def load_scene(path: Path):
 def make_renderer(model, size: int, fast: bool, default_samples: int):
     import mujoco
 
+    from envs.robosuite_env import SLOW_RENDER_FLAGS
+
     model.vis.quality.offsamples = 0 if fast else default_samples  # read when the GL buffers are made
     renderer = mujoco.Renderer(model, size, size)
     if fast:
-        for flag in SLOW_FLAGS:
-            renderer.scene.flags[getattr(mujoco.mjtRndFlag, flag)] = 0
+        for flag in SLOW_RENDER_FLAGS:
+            renderer.scene.flags[flag] = 0
     return renderer
 
 

@@ -88,7 +88,8 @@ class HFBackbone(Backbone):
             self._prompts.append(self._render_prompt(self.instruction_texts[len(self._prompts)]))
         return self._prompts[instruction_id]
 
-    def encode_frozen(self, obs: Dict[str, torch.Tensor]) -> FrozenFeatures:
+    def processor_inputs(self, obs: Dict[str, torch.Tensor]):
+        """The processor's output for a batch (prompt tokens, resized and normalized images), on the CPU."""
         batch_size = obs["state"].shape[0]
         if self.uses_instruction:
             prompts = [self._prompt(i) for i in obs["instruction_id"].tolist()]
@@ -101,8 +102,10 @@ class HFBackbone(Backbone):
         if inputs["input_ids"].shape[1] > self.sequence_length:
             raise ConfigError(f"a prompt is {inputs['input_ids'].shape[1]} tokens long, more than "
                               f"{self.sequence_length}; raise backbone.max_instruction_tokens")
-        device = obs["state"].device
-        inputs = inputs.to(device=device, dtype=self.dtype)
+        return inputs
+
+    def encode_frozen(self, obs: Dict[str, torch.Tensor]) -> FrozenFeatures:
+        inputs = self.processor_inputs(obs).to(device=obs["state"].device, dtype=self.dtype)
         outputs = self.vlm(**inputs, **self._forward_kwargs)
         return {"hidden": outputs.hidden_states[self.cfg.layer], "mask": inputs["attention_mask"].bool()}
 
