@@ -14,22 +14,38 @@ Each argument is a ``vla-eval`` output directory (or its ``report.json``).
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
 
-def episode_rows(path: str) -> dict:
+def load_report(path: str) -> dict:
     report = Path(path)
     if report.is_dir():
         report = report / "report.json"
     if not report.is_file():
         sys.exit(f"{path}: no report.json (give a vla-eval output directory or its report.json)")
-    rows = json.loads(report.read_text()).get("episode_rows")
-    if not rows:
+    loaded = json.loads(report.read_text())
+    if not loaded.get("episode_rows"):
         sys.exit(f"{report} has no episode_rows: evaluate again with this version of vla-eval")
-    return {row["seed"]: row for row in rows}
+    return loaded
+
+
+def episode_rows(section: dict) -> dict:
+    """A report's (or its held-out section's) episodes by seed."""
+    return {row["seed"]: row for row in section["episode_rows"]}
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test: the probability of a split at least this uneven if each discordant episode
+    were a fair coin."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
 
 
 def compare(first: dict, second: dict) -> str:
@@ -41,7 +57,7 @@ def compare(first: dict, second: dict) -> str:
     only_second = sum(second[s]["success"] and not first[s]["success"] for s in seeds)
     line = (f"{len(seeds)} common seeds: success {np.mean([first[s]['success'] for s in seeds]):.1%} -> "
             f"{np.mean([second[s]['success'] for s in seeds]):.1%}; solved only by the first {only_first}, "
-            f"only by the second {only_second}")
+            f"only by the second {only_second} (sign test p = {sign_test(only_first, only_second):.2g})")
     if len(both) < 2:
         return line + f"; {len(both)} solved by both, too few to compare lengths"
     steps_first = np.array([first[s]["first_success_step"] for s in both], dtype=float)
@@ -56,4 +72,7 @@ def compare(first: dict, second: dict) -> str:
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         sys.exit(__doc__)
-    print(compare(episode_rows(sys.argv[1]), episode_rows(sys.argv[2])))
+    first, second = load_report(sys.argv[1]), load_report(sys.argv[2])
+    print(compare(episode_rows(first), episode_rows(second)))
+    if first.get("heldout", {}).get("episode_rows") and second.get("heldout", {}).get("episode_rows"):
+        print("held-out split: " + compare(episode_rows(first["heldout"]), episode_rows(second["heldout"])))

@@ -160,12 +160,16 @@ def test_compare_reports_pairs_episodes_by_seed(tmp_path):
         rows = [{"seed": seed, "success": step is not None, "first_success_step": step} for seed, step in rows]
         (tmp_path / name).mkdir()
         (tmp_path / name / "report.json").write_text(json.dumps({"episode_rows": rows}))
-        return compare_reports.episode_rows(str(tmp_path / name))
+        return compare_reports.episode_rows(compare_reports.load_report(str(tmp_path / name)))
 
     # Seed 3 is solved only by the second policy (late: it must not count against it), seed 4 only by the first.
     first = report("a", [(0, 30), (1, 40), (2, 50), (3, None), (4, 20)])
     second = report("b", [(0, 20), (1, 30), (2, 40), (3, 140), (4, None)])
     text = compare_reports.compare(first, second)
-    assert "solved only by the first 1, only by the second 1" in text
+    assert "solved only by the first 1, only by the second 1 (sign test p = 1)" in text
     assert "3 solved by both: first success at step 40.0 -> 30.0, paired change -10.0" in text
     assert "sooner in 3, later in 0" in text
+    # Exact two-sided sign test: 15 against 0 discordant episodes is p = 2 / 2**15; 9 against 8 is p = 1.
+    assert compare_reports.sign_test(0, 15) == 2 / 2 ** 15
+    assert compare_reports.sign_test(9, 8) == 1.0 and compare_reports.sign_test(0, 0) == 1.0
+    assert round(compare_reports.sign_test(4, 16), 4) == 0.0118
