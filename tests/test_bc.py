@@ -316,3 +316,34 @@ def test_critic_warmup_leaves_the_actor_bit_identical():
     PPO(ppo_config(), model).update(storage, *gae(storage), critic_only=True)
     assert all(torch.equal(a, b) for a, b in zip(model.actor_parameters(), actor_before))
     assert not all(torch.equal(a, b) for a, b in zip(model.critic_parameters(), critic_before))
+
+
+def test_scene_views_train_only_the_auxiliary_loss_and_are_refused_alone_or_without_it(tmp_path):
+    """dataset=[<demos>,<scenes>]: the scene views' frames join the auxiliary loss with their action targets
+    masked out, and the NLL is a mean over the labelled samples alone."""
+    push = ["env=tabletop_push", "env.use_camera=false", "env.privileged_obs=true", "progress=false"]
+    demos = record_demos(demos_config(*push, "episodes=2", "valid_fraction=0"), tmp_path / "demos.hdf5")["path"]
+    scenes = record_demos(demos_config(*push, "unlabelled=true", "env.max_episode_steps=6", "episodes=3",
+                                       "valid_fraction=0"), tmp_path / "scenes.hdf5")["path"]
+    run = [*push, "algo=bc", "algo.privileged_aux_coef=1.0", "algo.steps_per_update=5", "eval.episodes=0"]
+    trainer = BCTrainer(train_config(*run, f"dataset=[{demos},{scenes}]"), tmp_path / "run")
+    mask = trainer.train_data["mask"]
+    num_demo_steps = sum(d.num_samples for d in read_dataset(demos).demos.values())
+    assert trainer.num_samples == num_demo_steps + 18
+    assert (mask[:num_demo_steps] == 1).all() and (mask[num_demo_steps:] == 0).all()
+    # The NLL of a batch with scene views in it is the mean over its labelled samples only.
+    labelled_only = torch.arange(4)
+    with_scenes = torch.cat([labelled_only, torch.arange(num_demo_steps, num_demo_steps + 10)])
+    nll_labelled, mse_labelled, _ = trainer.losses(trainer.train_data, labelled_only)
+    nll_mixed, mse_mixed, _ = trainer.losses(trainer.train_data, with_scenes)
+    assert nll_mixed.item() == pytest.approx(nll_labelled.item(), rel=1e-5)
+    assert mse_mixed.item() == pytest.approx(mse_labelled.item(), rel=1e-5)
+    nll_none, mse_none, _ = trainer.losses(trainer.train_data, torch.arange(num_demo_steps, num_demo_steps + 5))
+    assert nll_none.item() == 0.0 and mse_none.item() == 0.0 and trainer.model.aux_loss.item() > 0
+    assert np.isfinite(trainer.train_one_update()["losses/privileged_aux"])
+    trainer.logger.close()
+
+    with pytest.raises(DatasetError, match="only scene views"):
+        BCTrainer(train_config(*run, f"dataset={scenes}"), tmp_path / "run2")
+    with pytest.raises(ConfigError, match="algo.privileged_aux_coef > 0"):
+        BCTrainer(train_config(*run, "algo.privileged_aux_coef=0", f"dataset=[{demos},{scenes}]"), tmp_path / "r3")

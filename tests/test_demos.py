@@ -145,3 +145,32 @@ def test_scripted_robosuite_door_expert_records_a_successful_demo(tmp_path):
     (demo,) = read_dataset(path).demos.values()
     assert demo.success and demo.instruction in TASK_INSTRUCTIONS["Door"] and demo.actions.shape[1] == 7
     assert demo.num_samples < 300  # it succeeded (and terminated) before the horizon
+
+
+def test_unlabelled_scene_views_run_random_actions_and_keep_every_episode(tmp_path):
+    """vla-demos unlabelled=true: uniform random actions from each seed's reset, every episode kept whatever
+    happened, marked labelled=false; the observations (privileged positions included) replay from the seed."""
+    scenes = [*PUSH, "env.use_camera=false", "env.privileged_obs=true", "env.max_episode_steps=5"]
+    summary = record_demos(demos_config(*scenes, "unlabelled=true", "episodes=4", "num_envs=2", "seed=11",
+                                        "valid_fraction=0.25"), tmp_path / "scenes.hdf5")
+    assert summary["demos"] == 4 and summary["attempts"] == 4 and summary["samples"] == 20
+    with h5py.File(summary["path"], "r") as f:
+        assert f["data"].attrs["unlabelled"] and not f["data/demo_0"].attrs["labelled"]
+    dataset = read_dataset(summary["path"])
+    assert len(dataset.valid) == 1
+    env = make_env(demos_config(*scenes).env)
+    try:
+        for k, demo in enumerate(dataset.demos.values()):
+            assert not demo.labelled and demo.seed == 11 + k and demo.executed_actions is None
+            assert demo.actions.shape == (5, 4) and np.abs(demo.actions).max() <= 1.0 and demo.actions.std() > 0.3
+            obs, _ = env.reset(seed=demo.seed)
+            for t, action in enumerate(demo.actions):
+                np.testing.assert_array_equal(obs["privileged"], demo.obs["privileged"][t])
+                obs, *_ = env.step(action)
+    finally:
+        env.close()
+    labelled = read_dataset(record_demos(demos_config(*scenes, "episodes=1", "env.max_episode_steps=150"),
+                                         tmp_path / "demos.hdf5")["path"])
+    assert all(demo.labelled for demo in labelled.demos.values())
+    with pytest.raises(ConfigError, match="neither checkpoint= nor action_noise"):
+        record_demos(demos_config(*scenes, "unlabelled=true", "action_noise=0.1"), tmp_path / "x.hdf5")

@@ -64,7 +64,8 @@ def check_dataset_fits(dataset: DemoDataset, observation_space: spaces.Dict, act
 def demo_samples(dataset: DemoDataset, names: List[str], keys: List[str], chunk: int) -> Dict[str, Any]:
     """Every step of the named demos as one batch: observations (``instruction``: one text per step), the
     action targets and their mask. With action chunks of ``chunk`` steps the target of step t is the flattened
-    actions t .. t + chunk - 1; past the demo's end the target is padded and masked out."""
+    actions t .. t + chunk - 1; past the demo's end the target is padded and masked out. An unlabelled demo's
+    (scene views, ``vla-demos unlabelled=true``) targets are masked out whole: only the auxiliary loss sees it."""
     observations: Dict[str, list] = {key: [] for key in keys}
     targets, masks = [], []
     for name in names:
@@ -76,7 +77,7 @@ def demo_samples(dataset: DemoDataset, names: List[str], keys: List[str], chunk:
             else:
                 observations[key].append(demo.obs[key])
         padded = np.concatenate([demo.actions, np.zeros((chunk - 1, action_dim), demo.actions.dtype)])
-        valid = np.concatenate([np.ones((n, action_dim)), np.zeros((chunk - 1, action_dim))])
+        valid = np.concatenate([np.full((n, action_dim), float(demo.labelled)), np.zeros((chunk - 1, action_dim))])
         windows = np.arange(n)[:, None] + np.arange(chunk)[None, :]  # (n, chunk) step indices
         targets.append(padded[windows].reshape(n, chunk * action_dim))
         masks.append(valid[windows].reshape(n, chunk * action_dim))
@@ -139,6 +140,14 @@ class BCTrainer:
         sources = ", ".join(str(path) for path in self.dataset_paths)
         if not dataset.train:
             raise DatasetError(f"dataset {sources} lists no training demos under mask/train")
+        num_unlabelled = sum(not dataset.demos[name].labelled for name in dataset.train)
+        if num_unlabelled == len(dataset.train):
+            raise DatasetError(f"dataset {sources} holds only scene views (vla-demos unlabelled=true), no action "
+                               "labels to clone: add demonstrations, dataset=[<demos.hdf5>,<scenes.hdf5>]")
+        if num_unlabelled and not (self.algo.privileged_aux_coef > 0 and cfg.env.get("privileged_obs")):
+            raise ConfigError(f"{num_unlabelled} of the training demos in {sources} are scene views without action "
+                              "labels, which only the auxiliary privileged-state loss learns from: set "
+                              "algo.privileged_aux_coef > 0 and env.privileged_obs=true, or leave them out")
         self.model = ActorCritic.from_config(cfg, obs_space, action_space).to(self.device)
         if cfg.init_from:
             load_initial_weights(self.model, cfg.init_from, self.state_dim, self.action_dim)
@@ -149,7 +158,7 @@ class BCTrainer:
         chunk = self.model.actions_per_decision
         train = demo_samples(dataset, dataset.train, keys, chunk)
         valid = demo_samples(dataset, dataset.valid, keys, chunk) if dataset.valid else None
-        num_train_demos, num_valid_demos = len(dataset.train), len(dataset.valid)
+        num_train_demos, num_valid_demos = len(dataset.train) - num_unlabelled, len(dataset.valid)
         del dataset, datasets  # the samples hold copies of every frame: free the demos' before caching features
         for split in (train, valid):
             if split is not None and not all(np.isfinite(v).all() for k, v in split["obs"].items()
@@ -177,9 +186,10 @@ class BCTrainer:
         self.logger = RunLogger(run_dir, self.total_steps, 0, cfg.progress)
         self.logger.writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg) + "\n```", 0)
         self.logger.message(
-            f"behaviour cloning on {num_train_demos} demos ({self.num_samples} steps; {num_valid_demos} more "
-            f"held out for validation) from {sources}: {self.total_steps} gradient steps of "
-            f"{self.batch_size} samples")
+            f"behaviour cloning on {num_train_demos} demos"
+            + (f" and {num_unlabelled} scene views for the auxiliary loss" if num_unlabelled else "")
+            + f" ({self.num_samples} steps; {num_valid_demos} more held out for validation) from {sources}: "
+            f"{self.total_steps} gradient steps of {self.batch_size} samples")
         for mismatch in mismatches:
             self.logger.message(f"WARNING: {mismatch} (the observations fit, so training goes ahead)")
 
@@ -212,8 +222,10 @@ class BCTrainer:
         inputs = {key: value[idx] for key, value in data["inputs"].items()}
         targets, mask = data["actions"][idx], data["mask"][idx]
         _, _, _, dist = self.model.evaluate(inputs, targets)
-        nll = masked_nll(dist, targets, mask).mean()
-        mse = ((dist.mean - targets).pow(2) * mask).sum() / mask.sum()
+        # Means over the labelled samples (scene views have none; a chunk's padded tail counts as labelled).
+        labelled = (mask.sum(-1) > 0).sum().clamp(min=1)
+        nll = masked_nll(dist, targets, mask).sum() / labelled
+        mse = ((dist.mean - targets).pow(2) * mask).sum() / mask.sum().clamp(min=1)
         return nll, mse, dist
 
     @torch.no_grad()

@@ -616,6 +616,12 @@ class DemosConfig:
     # with every expert, stage machines included (they read the current state each step); what ran is kept as
     # executed_actions. 0: off.
     action_noise: float = 0.0
+    # Scene views instead of demonstrations: uniform random actions from each seed's reset, every episode kept
+    # (env.max_episode_steps sets their length), no expert needed or asked. The demos are marked labelled=false:
+    # behaviour cloning trains only the auxiliary privileged-state loss on them (algo.privileged_aux_coef, with
+    # env.privileged_obs=true), so the grounded token can learn where things are from many more scenes than a
+    # few demonstrations show: dataset=[<demos>,<scenes>].
+    unlabelled: bool = False
     # With checkpoint=: where and with how many threads the policy runs (auto: CUDA when available).
     device: str = "auto"
     torch_threads: int = 1

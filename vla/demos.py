@@ -4,11 +4,13 @@ The layout is robomimic's (https://robomimic.github.io/docs/datasets/overview.ht
 
     data/                   attrs: total (samples in all demos), env_args (JSON of the env config recorded on),
                             policy (only with vla-demos checkpoint=: JSON of the checkpoint that acted)
-      demo_<i>/             attrs: num_samples, instruction, success, seed (the episode is reset(seed=seed))
+      demo_<i>/             attrs: num_samples, instruction, success, seed (the episode is reset(seed=seed)),
+                            labelled (only with vla-demos unlabelled=true: false, the actions are the random
+                            ones that ran, not labels to learn; BC masks them out)
         actions    (N, A)   float32, normalized to [-1, 1]: the expert's action in each state, what a policy
                             outputs; the env received exactly these unless executed_actions is there
-        executed_actions (N, A)  only with checkpoint=: what the env received (the policy's action, or the
-                            expert's on the steps expert_mix gave to it)
+        executed_actions (N, A)  only with checkpoint= or action_noise: what the env received (the policy's
+                            action, or the expert's on the steps expert_mix gave to it; noise added)
         rewards    (N,)     float64
         dones      (N,)     int64, 1 on the step that ended the episode (terminated or truncated, or after
                             which the expert found it beyond recovery: a tabletop object off the table)
@@ -62,6 +64,8 @@ class Demo:
     # What the env received when it differs from ``actions`` (``vla-demos checkpoint=...``: the policy acted, the
     # expert's labels are the actions to learn); None: ``actions`` ran.
     executed_actions: Optional[np.ndarray] = None
+    # False: a scene view (vla-demos unlabelled=true), its actions random, not labels to learn.
+    labelled: bool = True
 
     @property
     def num_samples(self) -> int:
@@ -118,7 +122,8 @@ def recorded_episodes(cfg, keys: List[str], policy: Optional[Callable[[Dict[str,
     acts and, with probability ``cfg.expert_mix`` per step, the expert does instead (DAgger's mixture). With
     ``cfg.action_noise`` Gaussian noise is added to what runs (DART). With a policy or noise, what ran is kept
     as ``executed_actions``. An episode the expert finds beyond recovery (a tabletop object off
-    the table) ends there, failed: the states after it have no right action to learn."""
+    the table) ends there, failed: the states after it have no right action to learn. With
+    ``cfg.unlabelled`` uniform random actions run, no expert is asked, and the episodes are marked unlabelled."""
     num_envs = cfg.num_envs
     if num_envs < 1:
         raise ConfigError(f"num_envs={num_envs}; use 1 or more")
@@ -128,9 +133,12 @@ def recorded_episodes(cfg, keys: List[str], policy: Optional[Callable[[Dict[str,
     if not cfg.action_noise >= 0.0:
         raise ConfigError(f"action_noise={cfg.action_noise} must be 0 (off) or a positive standard deviation in "
                           "normalized action units (about 0.05-0.3)")
+    if cfg.unlabelled and (policy is not None or cfg.action_noise > 0):
+        raise ConfigError("unlabelled=true records random actions: it takes neither checkpoint= nor action_noise")
     rng = np.random.default_rng(cfg.seed)
     keep_executed = policy is not None or cfg.action_noise > 0
-    envs = make_vector_env(cfg.env, num_envs, autoreset=False, expert=True)
+    envs = make_vector_env(cfg.env, num_envs, autoreset=False, expert=not cfg.unlabelled)
+    action_shape = (num_envs, *envs.single_action_space.shape)
     try:
         obs, _ = envs.reset(seed=[cfg.seed + i for i in range(num_envs)])
         attempt = list(range(num_envs))  # the attempt each env is playing
@@ -151,7 +159,8 @@ def recorded_episodes(cfg, keys: List[str], policy: Optional[Callable[[Dict[str,
                     rewards=np.asarray(record["rewards"], dtype=np.float64),
                     dones=np.asarray(record["dones"], dtype=np.int64), instruction=instructions[i],
                     success=bool(success[i]), seed=cfg.seed + attempt[i],
-                    executed_actions=np.stack(record["executed"]).astype(np.float32) if keep_executed else None)
+                    executed_actions=np.stack(record["executed"]).astype(np.float32) if keep_executed else None,
+                    labelled=not cfg.unlabelled)
                 steps[i] = defaultdict(list)
             new_obs, _, next_attempt = reset_to_next_episodes(envs, ended, attempt, next_attempt, cfg.seed)
             new_instructions = batch_instructions(new_obs, num_envs)
@@ -164,7 +173,10 @@ def recorded_episodes(cfg, keys: List[str], policy: Optional[Callable[[Dict[str,
             while next_out in finished:  # in attempt order, whatever order the envs finished them in
                 yield finished.pop(next_out)
                 next_out += 1
-            answers = envs.call("expert_action")
+            if cfg.unlabelled:  # a scene view: random actions, nothing asked of an expert
+                answers = list(rng.uniform(-1.0, 1.0, action_shape).astype(np.float32))
+            else:
+                answers = envs.call("expert_action")
             gave_up = np.array([answer is None for answer in answers])
             if gave_up.any():
                 obs = end_episodes(gave_up, np.zeros(num_envs, dtype=bool))
@@ -229,6 +241,8 @@ def write_demo(group, demo: Demo) -> None:
         group.attrs["instruction"] = demo.instruction
     if demo.seed is not None:
         group.attrs["seed"] = demo.seed
+    if not demo.labelled:
+        group.attrs["labelled"] = False
 
 
 def split_names(names: List[str], valid_fraction: float, seed: int) -> Dict[str, List[str]]:
@@ -247,14 +261,17 @@ def record_demos(cfg, path: Path) -> Dict[str, Any]:
     """``vla-demos``: play episodes from seeds ``seed, seed + 1, ...`` until ``episodes`` are kept (only
     successful ones with ``only_successful``) or ``max_attempts`` ran out, and write them to ``path``: the
     scripted expert's episodes, or with ``policy`` a checkpoint's episodes labelled with the expert's actions
-    (DAgger). The file appears complete or not at all (written under a temporary name, then renamed)."""
+    (DAgger), or with ``unlabelled`` random-action scene views for the auxiliary loss. The file appears
+    complete or not at all (written under a temporary name, then renamed)."""
     import h5py
 
     if cfg.episodes < 1:
         raise ConfigError(f"episodes={cfg.episodes}: record at least one demonstration")
-    only_successful = cfg.only_successful if cfg.only_successful is not None else cfg.checkpoint is None
+    only_successful = cfg.only_successful if cfg.only_successful is not None else \
+        cfg.checkpoint is None and not cfg.unlabelled
     max_attempts = cfg.max_attempts if cfg.max_attempts is not None else 2 * cfg.episodes + 10
-    check_has_expert(cfg.env)  # an env without an expert fails here, before anything runs or is written
+    if not cfg.unlabelled:
+        check_has_expert(cfg.env)  # an env without an expert fails here, before anything runs or is written
     policy, identity = _policy_actor(cfg, cfg.env)
     probe = make_env(cfg.env)
     keys = stored_keys(probe.observation_space, cfg.image_keys)
@@ -288,6 +305,8 @@ def record_demos(cfg, path: Path) -> Dict[str, Any]:
             data.attrs["env_args"] = json.dumps(OmegaConf.to_container(cfg.env, resolve=True))
             if cfg.action_noise > 0:
                 data.attrs["action_noise"] = float(cfg.action_noise)
+            if cfg.unlabelled:
+                data.attrs["unlabelled"] = True
             if identity is not None:
                 policy_attrs = {"checkpoint": identity["path"], "global_step": identity["global_step"],
                                 "expert_mix": cfg.expert_mix, "deterministic": cfg.deterministic}
@@ -339,7 +358,8 @@ def read_dataset(path: str | os.PathLike) -> DemoDataset:
                 instruction=_text(attrs["instruction"]) if "instruction" in attrs else None,
                 success=bool(attrs.get("success", True)),
                 seed=int(attrs["seed"]) if "seed" in attrs else None,
-                executed_actions=group["executed_actions"][()] if "executed_actions" in group else None)
+                executed_actions=group["executed_actions"][()] if "executed_actions" in group else None,
+                labelled=bool(attrs.get("labelled", True)))
         splits = {split: [_text(n) for n in f[f"mask/{split}"][()]] if f"mask/{split}" in f else None
                   for split in ("train", "valid")}
     unknown = sorted({n for members in splits.values() if members for n in members} - set(names))
