@@ -341,6 +341,13 @@ def test_scene_views_train_only_the_auxiliary_loss_and_are_refused_alone_or_with
     nll_none, mse_none, _ = trainer.losses(trainer.train_data, torch.arange(num_demo_steps, num_demo_steps + 5))
     assert nll_none.item() == 0.0 and mse_none.item() == 0.0 and trainer.model.aux_loss.item() > 0
     assert np.isfinite(trainer.train_one_update()["losses/privileged_aux"])
+    # Validation on held-out demos and scene views: the action losses over the demos' samples alone.
+    trainer.valid_data = {key: ({k: v[with_scenes] for k, v in value.items()} if key == "inputs" else
+                                value[with_scenes]) for key, value in trainer.train_data.items()}
+    valid = trainer.validation()
+    assert valid["losses/bc_valid_mse"] == pytest.approx(trainer.losses(trainer.train_data, labelled_only)[1].item(),
+                                                         rel=1e-5)
+    assert valid["losses/bc_valid_privileged_aux"] > 0
     trainer.logger.close()
 
     with pytest.raises(DatasetError, match="only scene views"):

@@ -92,6 +92,12 @@ def masked_nll(dist, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return -(dist.base_dist.log_prob(targets) * mask).sum(-1)
 
 
+def labelled_samples(mask: torch.Tensor) -> torch.Tensor:
+    """How many samples of a batch have an action target: all but scene views (a chunk running past its demo's
+    end still has its first steps)."""
+    return (mask.sum(-1) > 0).sum()
+
+
 class BCTrainer:
     """Minibatch Adam on the demos' negative log-likelihood; logs, validates, evaluates in simulation and
     checkpoints every ``steps_per_update`` gradient steps (one "update"), like the PPO trainer per update."""
@@ -222,24 +228,30 @@ class BCTrainer:
         inputs = {key: value[idx] for key, value in data["inputs"].items()}
         targets, mask = data["actions"][idx], data["mask"][idx]
         _, _, _, dist = self.model.evaluate(inputs, targets)
-        # Means over the labelled samples (scene views have none; a chunk's padded tail counts as labelled).
-        labelled = (mask.sum(-1) > 0).sum().clamp(min=1)
-        nll = masked_nll(dist, targets, mask).sum() / labelled
+        # Means over the labelled samples (scene views have none).
+        nll = masked_nll(dist, targets, mask).sum() / labelled_samples(mask).clamp(min=1)
         mse = ((dist.mean - targets).pow(2) * mask).sum() / mask.sum().clamp(min=1)
         return nll, mse, dist
 
     @torch.no_grad()
     def validation(self) -> Dict[str, float]:
+        """Validation losses: the NLL and action error over the held-out demos' labelled samples, the auxiliary
+        loss over all held-out frames (scene views included)."""
         count = len(self.valid_data["actions"])
         nll = mse = aux = 0.0
         for start in range(0, count, INFERENCE_BATCH):
             idx = torch.arange(start, min(start + INFERENCE_BATCH, count), device=self.device)
             batch_nll, batch_mse, _ = self.losses(self.valid_data, idx)
-            nll += float(batch_nll) * len(idx)
-            mse += float(batch_mse) * len(idx)
+            mask = self.valid_data["mask"][idx]
+            nll += float(batch_nll) * int(labelled_samples(mask))
+            mse += float(batch_mse) * float(mask.sum())
             if self.model.aux_loss is not None:
                 aux += float(self.model.aux_loss) * len(idx)
-        metrics = {"losses/bc_valid_nll": nll / count, "losses/bc_valid_mse": mse / count}
+        mask = self.valid_data["mask"]
+        metrics = {}
+        if mask.sum() > 0:  # held-out demos with labels, not only scene views
+            metrics = {"losses/bc_valid_nll": nll / int(labelled_samples(mask)),
+                       "losses/bc_valid_mse": mse / float(mask.sum())}
         if self.model.aux_loss is not None:
             metrics["losses/bc_valid_privileged_aux"] = aux / count
         return metrics
