@@ -350,6 +350,21 @@ def test_scene_views_train_only_the_auxiliary_loss_and_are_refused_alone_or_with
     assert valid["losses/bc_valid_privileged_aux"] > 0
     trainer.logger.close()
 
+    # algo.labelled_fraction: each minibatch draws that share from the labelled samples, the rest from the
+    # scene views, each pool a fresh permutation every time it runs out.
+    mixed = BCTrainer(train_config(*run, f"dataset=[{demos},{scenes}]", "algo.batch_size=8",
+                                   "algo.labelled_fraction=0.25"), tmp_path / "run4")
+    labelled = torch.zeros(mixed.num_samples, dtype=torch.bool)
+    labelled[:num_demo_steps] = True
+    seen = []
+    for _ in range(9):  # two passes over the 18 scene-view samples at 6 a batch, and more
+        batch = mixed.next_batch()
+        assert len(batch) == 8 and labelled[batch].sum() == 2 and len(set(batch.tolist())) == 8
+        seen += batch[~labelled[batch]].tolist()
+    assert sorted(seen[:18]) == list(range(num_demo_steps, num_demo_steps + 18))
+    mixed.logger.close()
+    with pytest.raises(ConfigError, match="labelled_fraction"):
+        BCTrainer(train_config(*run, f"dataset=[{demos},{scenes}]", "algo.labelled_fraction=1.5"), tmp_path / "r5")
     with pytest.raises(DatasetError, match="only scene views"):
         BCTrainer(train_config(*run, f"dataset={scenes}"), tmp_path / "run2")
     with pytest.raises(ConfigError, match="algo.privileged_aux_coef > 0"):

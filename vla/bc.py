@@ -17,7 +17,7 @@ import math
 import signal
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -92,10 +92,15 @@ def masked_nll(dist, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return -(dist.base_dist.log_prob(targets) * mask).sum(-1)
 
 
+def is_labelled(mask: torch.Tensor) -> torch.Tensor:
+    """Which samples have an action target: all but scene views (a chunk running past its demo's end still has
+    its first steps)."""
+    return mask.sum(-1) > 0
+
+
 def labelled_samples(mask: torch.Tensor) -> torch.Tensor:
-    """How many samples of a batch have an action target: all but scene views (a chunk running past its demo's
-    end still has its first steps)."""
-    return (mask.sum(-1) > 0).sum()
+    """How many samples of a batch have an action target."""
+    return is_labelled(mask).sum()
 
 
 class BCTrainer:
@@ -175,6 +180,7 @@ class BCTrainer:
         self.valid_data = self.model_inputs(valid, fit_normalizer=False) if valid is not None else None
         self.num_samples = len(self.train_data["actions"])
         self.batch_size = min(self.algo.batch_size, self.num_samples)
+        self.pools = self.sample_pools(self.train_data["mask"], num_unlabelled > 0)
         steps_per_epoch = math.ceil(self.num_samples / self.batch_size)
         total_steps = self.algo.epochs * steps_per_epoch if self.algo.epochs is not None \
             else self.algo.gradient_steps
@@ -188,7 +194,7 @@ class BCTrainer:
         self.final_report: Optional[Dict[str, Any]] = None
         self.stop_signal: Optional[int] = None
         self.history: List[Dict[str, float]] = []
-        self._order = torch.empty(0, dtype=torch.long)
+        self._orders = [torch.empty(0, dtype=torch.long) for _ in self.pools]
         self.logger = RunLogger(run_dir, self.total_steps, 0, cfg.progress)
         self.logger.writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg) + "\n```", 0)
         self.logger.message(
@@ -215,12 +221,30 @@ class BCTrainer:
         return {"inputs": inputs, "actions": torch.as_tensor(samples["actions"], device=self.device),
                 "mask": torch.as_tensor(samples["mask"], device=self.device)}
 
+    def sample_pools(self, mask: torch.Tensor, has_scene_views: bool) -> List[Tuple[torch.Tensor, int]]:
+        """(sample indices, samples per minibatch) of each pool a minibatch draws from: all samples, or with
+        ``algo.labelled_fraction`` and scene views in the data, the labelled samples and the scene views apart."""
+        fraction = self.algo.get("labelled_fraction")
+        if fraction is not None and not 0.0 < fraction < 1.0:
+            raise ConfigError(f"algo.labelled_fraction={fraction}: the share of each minibatch drawn from the "
+                              "labelled demos must lie strictly between 0 and 1 (null: uniform over all samples)")
+        if fraction is None or not has_scene_views:
+            return [(torch.arange(self.num_samples), self.batch_size)]
+        labelled = is_labelled(mask).cpu()
+        num_labelled = max(1, min(self.batch_size - 1, round(fraction * self.batch_size)))
+        return [(torch.nonzero(labelled).squeeze(1), num_labelled),
+                (torch.nonzero(~labelled).squeeze(1), self.batch_size - num_labelled)]
+
     def next_batch(self) -> torch.Tensor:
-        """Indices of the next minibatch: consecutive slices of a fresh permutation every epoch."""
-        if len(self._order) < self.batch_size:
-            self._order = torch.randperm(self.num_samples)
-        batch, self._order = self._order[:self.batch_size], self._order[self.batch_size:]
-        return batch.to(self.device)
+        """Indices of the next minibatch: from each pool, consecutive slices of a fresh permutation of the pool
+        every time it runs out (every epoch, with one pool)."""
+        batch = []
+        for i, (pool, count) in enumerate(self.pools):
+            if len(self._orders[i]) < count:
+                self._orders[i] = pool[torch.randperm(len(pool))]
+            batch.append(self._orders[i][:count])
+            self._orders[i] = self._orders[i][count:]
+        return torch.cat(batch).to(self.device)
 
     def losses(self, data: Dict[str, Any], idx: torch.Tensor):
         """(mean NLL, mean squared error of the mean action, the distribution) on samples ``idx``; the auxiliary

@@ -386,6 +386,10 @@ class BCConfig(AlgoConfig):
     steps_per_update: int = 100
     # Samples (demo steps) per minibatch.
     batch_size: int = 256
+    # With scene views in the dataset (vla-demos unlabelled=true): the share of each minibatch drawn from the
+    # labelled demos, the rest from the scene views (None: uniform over all samples, so 50 demos beside 4,000
+    # scene views put about 5 labelled samples in a batch of 256).
+    labelled_fraction: Optional[float] = None
     # Adam learning rate of the action expert and any trainable backbone part.
     learning_rate: float = 1e-3
     adam_eps: float = 1e-8
