@@ -83,13 +83,13 @@ def test_bc_fine_tunes_the_image_tower_from_the_frames_themselves(tmp_path):
     trainer.logger.close()
 
 
-def test_bc_trains_the_auxiliary_privileged_head_beside_the_nll(tmp_path):
+def test_bc_trains_the_auxiliary_privileged_head_beside_the_nll_and_ppo_from_it_may_leave_it_out(tmp_path):
     path = tmp_path / "push.hdf5"
     record_demos(demos_config("env=tabletop_push", "env.privileged_obs=true", "episodes=2", "valid_fraction=0",
                               "progress=false"), path)
-    cfg = train_config("env=tabletop_push", "env.privileged_obs=true", "algo=bc", f"dataset={path}",
-                       "backbone=towers", "backbone.hidden_size=32", "backbone.grounding_heads=2",
-                       "algo.privileged_aux_coef=1.0", "algo.privileged_aux_source=first_token",
+    model = ["env=tabletop_push", "env.privileged_obs=true", "backbone=towers", "backbone.hidden_size=32",
+             "backbone.grounding_heads=2", "algo.privileged_aux_source=first_token"]
+    cfg = train_config(*model, "algo=bc", f"dataset={path}", "algo.privileged_aux_coef=1.0",
                        "algo.learning_rate=3e-3", "algo.steps_per_update=25", "progress=false")
     trainer = BCTrainer(cfg, tmp_path / "run")
     assert "privileged" in trainer.train_data["inputs"]  # the demos' object and zone positions, normalized
@@ -105,7 +105,19 @@ def test_bc_trains_the_auxiliary_privileged_head_beside_the_nll(tmp_path):
         trainer.train_one_update()
     trainer.losses(trainer.train_data, batch)
     assert trainer.model.aux_loss.item() < 0.5 * first
+    clone = trainer.save()
     trainer.logger.close()
+    # PPO from the clone without the auxiliary loss starts from the same policy without the head; with the
+    # loss, it loads the head too.
+    for coef, has_head in (("0", False), ("0.1", True)):
+        ppo = Trainer(train_config(*model, *PPO_RUN, "env.vector_mode=sync", f"algo.privileged_aux_coef={coef}",
+                                   f"init_from={clone}"), tmp_path / f"ppo{coef}")
+        for name, weight in trainer.model.expert.state_dict().items():
+            assert torch.equal(ppo.model.expert.state_dict()[name], weight), name
+        assert (ppo.model.privileged_aux is not None) == has_head
+        if has_head:
+            assert torch.equal(ppo.model.privileged_aux.weight, head.weight)
+        ppo.close()
 
 
 def test_action_chunk_targets_are_the_next_actions_masked_past_the_demo_end():

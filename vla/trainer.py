@@ -48,7 +48,8 @@ def set_torch_threads(count: int) -> None:
 def load_initial_weights(model: ActorCritic, path: str, state_dim: int, action_dim: int) -> Dict[str, Any]:
     """``init_from``: load the trainable weights and normalizer statistics of a BC or PPO checkpoint (or a run
     directory's latest) into ``model``; refuses one made for another backbone, state or action size (naming
-    both sides) or with other heads. Returns the loaded checkpoint."""
+    both sides) or with other heads, except for the auxiliary privileged-state head, left out where this run has
+    none. Returns the loaded checkpoint."""
     loaded = ckpt.load_checkpoint(path)
     ckpt.check_compatible(loaded["state"], backbone_identity=model.backbone.identity(), state_dim=state_dim,
                           action_dim=action_dim, path=loaded["path"])
@@ -57,7 +58,17 @@ def load_initial_weights(model: ActorCritic, path: str, state_dim: int, action_d
         # The loaded policy would see raw states where it learned normalized ones (or the reverse).
         raise ckpt.CheckpointError(f"checkpoint {loaded['path']} was trained with algo.norm_state="
                                    f"{str(trained_norm_state).lower()}; set the same here")
-    model.load_trainable_state_dict(loaded["weights"], str(loaded["path"]))
+    weights = loaded["weights"]
+    # The auxiliary privileged-state head (and the statistics of the privileged state, where nothing else here
+    # reads it) never acts: a run without the auxiliary loss starts from the same policy without them.
+    unused = ([] if model.privileged_aux is not None else ["privileged_aux."]) + (
+        [] if model.privileged_rms is not None else ["privileged_rms."])
+    left_out = [name for name in weights if name.startswith(tuple(unused))]
+    if left_out:
+        weights = {name: tensor for name, tensor in weights.items() if name not in left_out}
+        print(f"init_from: {', '.join(sorted({n.split('.')[0] for n in left_out}))} of {loaded['path']} not "
+              "loaded (algo.privileged_aux_coef=0 here)", flush=True)
+    model.load_trainable_state_dict(weights, str(loaded["path"]))
     return loaded
 
 
