@@ -6,9 +6,11 @@ obeys the env contract (see ``envs.wrappers``). ``make_env`` adds the wrappers e
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import signal
+import sys
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import gymnasium as gym
@@ -86,6 +88,20 @@ class TimeLimitOverride(gym.wrappers.TimeLimit):
 _WORKER_STATE: Dict[str, Any] = {}
 
 
+def release_build_memory() -> None:
+    """Hand back to the OS what building an env left behind in this process: MuJoCo's process-wide asset cache
+    (robosuite Lift's decoded meshes and textures, 89 MB, kept to speed up the next compile, which a worker's one
+    env does not do unless it hard-resets) and the heap the compile freed (glibc's ``malloc_trim``): about 220 of
+    a robosuite Lift camera worker's 800 MB (``experiments/worker_memory.py``)."""
+    mujoco = sys.modules.get("mujoco")
+    if mujoco is not None:
+        mujoco.mj_clearCache(mujoco.mj_getCache())
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim this way
+        pass
+
+
 def _worker_thunk(cfg, render_mode: Optional[str], vector_index: int, action_chunk: int,
                   gamma: float, expert: bool) -> Callable[[], gym.Env]:
     def thunk() -> gym.Env:
@@ -98,7 +114,10 @@ def _worker_thunk(cfg, render_mode: Optional[str], vector_index: int, action_chu
             # Ctrl-C reaches the whole process group: the trainer decides how to stop, workers keep serving.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         os.environ.setdefault("MUJOCO_GL", "egl")
-        return make_env(cfg, render_mode, vector_index, action_chunk, gamma, expert)
+        env = make_env(cfg, render_mode, vector_index, action_chunk, gamma, expert)
+        if multiprocessing.parent_process() is not None:
+            release_build_memory()  # one env per worker: nothing else here compiles a model
+        return env
 
     return thunk
 

@@ -73,6 +73,20 @@ def test_horizon_is_truncation_not_termination(camera_env):
         assert truncated == (step == 40)
 
 
+def test_release_build_memory_empties_mujoco_asset_cache_and_the_env_still_steps(camera_env):
+    import mujoco
+
+    from envs.registry import release_build_memory
+
+    cache = mujoco.mj_getCache()
+    assert mujoco.mj_getCacheSize(cache) > 0  # robosuite's meshes and textures, decoded when the env was built
+    release_build_memory()  # what each vector-env worker does after building its env
+    assert mujoco.mj_getCacheSize(cache) == 0
+    first, _ = camera_env.reset(seed=3)
+    obs, _, _, _, _ = camera_env.step(np.zeros(camera_env.action_space.shape, dtype=np.float32))
+    assert obs["image"].shape == first["image"].shape and np.isfinite(obs["state"]).all()
+
+
 def test_seeded_resets_repeat_and_snapshot_restore_repeats_the_next_steps(camera_env):
     cube = camera_env.unwrapped._env.cube
     first, _ = camera_env.reset(seed=5)
