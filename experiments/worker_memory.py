@@ -53,8 +53,8 @@ def measure(experiment: str, steps: int, queue) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--experiments", nargs="+",
-                        default=["robosuite_lift_towers_from_bc", "robosuite_lift_state", "tabletop_push_towers_from_bc"])
+    parser.add_argument("--experiments", nargs="+", default=["robosuite_lift_towers_from_bc", "robosuite_lift_state",
+                                                             "tabletop_push_towers_from_bc"])
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()
     context = multiprocessing.get_context("forkserver")
