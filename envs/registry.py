@@ -105,7 +105,8 @@ def release_build_memory() -> None:
 def _worker_thunk(cfg, render_mode: Optional[str], vector_index: int, action_chunk: int,
                   gamma: float, expert: bool) -> Callable[[], gym.Env]:
     def thunk() -> gym.Env:
-        if multiprocessing.parent_process() is not None:
+        in_worker = multiprocessing.parent_process() is not None
+        if in_worker:
             # In a worker process: one BLAS/OpenMP thread each, so N workers on N cores do not oversubscribe.
             from threadpoolctl import threadpool_limits
 
@@ -115,7 +116,7 @@ def _worker_thunk(cfg, render_mode: Optional[str], vector_index: int, action_chu
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         os.environ.setdefault("MUJOCO_GL", "egl")
         env = make_env(cfg, render_mode, vector_index, action_chunk, gamma, expert)
-        if multiprocessing.parent_process() is not None:
+        if in_worker:
             release_build_memory()  # one env per worker: nothing else here compiles a model
         return env
 
