@@ -147,9 +147,14 @@ def test_periodic_eval_logs_and_keeps_best_checkpoint_and_videos(tmp_path, small
     assert (tmp_path / "eval" / "update_000002" / "report.json").is_file()
     videos = list((tmp_path / "eval" / "final" / "videos").iterdir())
     assert len(videos) == 1 and videos[0].stat().st_size > 1000
+    # The periodic evaluations (the last update's too) choose the best on seeds apart from the final (test) ones.
+    periodic = [json.loads((tmp_path / "eval" / name / "report.json").read_text())
+                for name in ("update_000002", "update_000004")]
+    final = json.loads((tmp_path / "eval" / "final" / "report.json").read_text())
+    assert [report["seeds"] for report in periodic] == [[200000, 200001]] * 2 and final["seeds"] == [100000, 100001]
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
-    assert [e.step for e in events.Scalars("eval/success_rate")] == [128, 256]
+    assert [e.step for e in events.Scalars("eval/success_rate")] == [128, 256, 256]
 
 
 def test_compare_reports_pairs_episodes_by_seed(tmp_path):

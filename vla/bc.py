@@ -337,8 +337,8 @@ class BCTrainer:
                 self.history.append(metrics)
                 self.logger.scalars(metrics, self.global_step)
                 self.logger.progress(self.algo.steps_per_update, {"nll": f"{metrics['losses/bc_nll']:.3f}"})
-                if every_eval and self.update_index % every_eval == 0 and self.update_index < self.num_updates:
-                    self.keep_if_best(self.evaluate(f"update_{self.update_index:06d}"))
+                if every_eval and (self.update_index % every_eval == 0 or self.update_index == self.num_updates):
+                    self.keep_if_best(self.evaluate(f"update_{self.update_index:06d}", seed=self.cfg.eval.select_seed))
                 if self.update_index % self.cfg.checkpoint.every_updates == 0 or \
                         self.update_index == self.num_updates or self.stop_signal is not None:
                     self.save()
@@ -347,7 +347,8 @@ class BCTrainer:
                                     f"{self.global_step}; the last checkpoint is in {self.checkpoint_root}")
             elif self.cfg.eval.at_end and self.cfg.eval.episodes > 0:
                 self.final_report = self.evaluate("final", record=self.cfg.eval.video_episodes)
-                self.keep_if_best(self.final_report)
+                if not every_eval:  # the only candidate; with periodic evaluations the last one ranked it
+                    self.keep_if_best(self.final_report)
         finally:
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
@@ -363,13 +364,13 @@ class BCTrainer:
                             "checkpoint (send it again to stop at once)")
 
     # ------------------------------------------------------------------------------- evaluation, checkpoints
-    def evaluate(self, name: str, record: int = 0) -> Dict[str, Any]:
-        """The cloned policy in simulation on the fixed evaluation seeds (``eval.*``), logged as ``eval/*``."""
+    def evaluate(self, name: str, record: int = 0, seed: Optional[int] = None) -> Dict[str, Any]:
+        """The cloned policy in simulation on fixed seeds (``eval.seed``, or ``seed``), logged as ``eval/*``."""
         ecfg = self.cfg.eval
         identity = {"path": str(self.checkpoint_root), "global_step": self.global_step,
                     "update": self.update_index, "backbone": self.model.backbone.identity()}
         report = evaluate_policy(
-            self.model, self.cfg.env, self.run_dir / "eval" / name, episodes=ecfg.episodes, seed=ecfg.seed,
+            self.model, self.cfg.env, self.run_dir / "eval" / name, episodes=ecfg.episodes, seed=ecfg.seed if seed is None else seed,
             num_envs=ecfg.num_envs or self.cfg.num_envs, deterministic=ecfg.deterministic, checkpoint=identity,
             config=OmegaConf.to_container(self.cfg, resolve=True), record=record, fps=ecfg.video_fps,
             writer=self.logger.writer, step=self.global_step, heldout=ecfg.heldout)

@@ -436,8 +436,13 @@ class EvalConfig:
     at_end: bool = True
     # Parallel envs for evaluation (None: num_envs).
     num_envs: Optional[int] = None
-    # Episode i of every evaluation starts from reset(seed=seed + i): the same episodes each time.
+    # Episode i of the final evaluation starts from reset(seed=seed + i): the same episodes each time, and the
+    # same as vla-eval's (its default seed is this one too).
     seed: int = 100_000
+    # Seed of the first episode of the periodic evaluations (every_updates), which choose checkpoints/best: kept
+    # apart from seed, so a best checkpoint's vla-eval score is not inflated by the episodes that chose it.
+    # With periodic evaluations on, the last update is evaluated on these seeds too, to compete for best.
+    select_seed: int = 200_000
     # Episodes recorded as captioned videos in the final evaluation (0: none).
     video_episodes: int = 2
     video_fps: int = 20

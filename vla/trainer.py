@@ -590,7 +590,7 @@ class Trainer:
                 self.watch(metrics)
                 self.logger.progress(self.rollout_env_steps, {"sps": f"{metrics['perf/sps']:.0f}",
                                                        **self.episodes.summary()})
-                if every_eval and self.update_index % every_eval == 0 and self.update_index < self.num_updates:
+                if every_eval and (self.update_index % every_eval == 0 or self.update_index == self.num_updates):
                     self.evaluate_and_keep_best()
                 if self.update_index % self.cfg.checkpoint.every_updates == 0 or \
                         self.update_index == self.num_updates or self.stop_signal is not None:
@@ -600,7 +600,8 @@ class Trainer:
                                     f"{self.global_step}; resume with `{resume_command(self.run_dir)}`")
             elif self.cfg.eval.at_end and self.cfg.eval.episodes > 0:
                 self.final_report = self.evaluate("final", record=self.cfg.eval.video_episodes)
-                self.keep_if_best(self.final_report)
+                if not every_eval:  # the only candidate; with periodic evaluations the last one ranked it
+                    self.keep_if_best(self.final_report)
                 self.log_hparams(self.final_report)
         finally:
             for sig, handler in previous_handlers.items():
@@ -618,8 +619,8 @@ class Trainer:
                             "checkpoint (send it again to abandon the update)")
 
     # --------------------------------------------------------------------------------------- evaluation
-    def evaluate(self, name: str, record: int = 0) -> Dict[str, Any]:
-        """Evaluate the current policy on the fixed evaluation seeds; report to <run>/eval/<name>/, eval/* tags."""
+    def evaluate(self, name: str, record: int = 0, seed: Optional[int] = None) -> Dict[str, Any]:
+        """Evaluate the current policy on fixed seeds (eval.seed, or seed); report to <run>/eval/<name>/, eval/* tags."""
         ecfg = self.cfg.eval
         identity = {"path": str(self.checkpoint_root), "global_step": self.global_step,
                     "update": self.update_index, "backbone": self.model.backbone.identity()}
@@ -628,7 +629,7 @@ class Trainer:
             env_cfg = self.curriculum.env_config()
             identity["curriculum"] = {"stage": self.curriculum.stage, **self.curriculum.difficulty}
         report = evaluate_policy(
-            self.model, env_cfg, self.run_dir / "eval" / name, episodes=ecfg.episodes, seed=ecfg.seed,
+            self.model, env_cfg, self.run_dir / "eval" / name, episodes=ecfg.episodes, seed=ecfg.seed if seed is None else seed,
             num_envs=ecfg.num_envs or self.num_envs, deterministic=ecfg.deterministic, checkpoint=identity,
             config=OmegaConf.to_container(self.cfg, resolve=True), record=record, fps=ecfg.video_fps,
             writer=self.logger.writer, step=self.global_step, heldout=ecfg.heldout)
@@ -641,9 +642,9 @@ class Trainer:
         return report
 
     def evaluate_and_keep_best(self) -> None:
-        report = self.evaluate(f"update_{self.update_index:06d}")
+        report = self.evaluate(f"update_{self.update_index:06d}", seed=self.cfg.eval.select_seed)
         self.keep_if_best(report)
-        if self.curriculum is not None:
+        if self.curriculum is not None and self.update_index < self.num_updates:  # none left to play a new stage
             self.advance_curriculum(report["success_rate"])
 
     def _describe_stage(self) -> str:
