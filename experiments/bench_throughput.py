@@ -14,7 +14,8 @@ For each configuration, side by side in one run on the same envs (the same prese
 
 Then, side by side: the trainer's torch threads (1 against one per core), one vector env against two env groups
 overlapping env stepping with inference (overlap_envs), the frozen towers in float32 against bfloat16
-(backbone.dtype), and local rollouts against 1 and 2 Ray rollout workers
+(backbone.dtype), the PPO update eager against compiled (algo.compile), and local rollouts against 1 and 2 Ray
+rollout workers
 (distributed=ray on a local Ray instance). Prints a markdown report and writes it to
 experiments/results/bench_throughput.md; ``--only`` runs print the report without writing it.
 """
@@ -110,6 +111,9 @@ COMPARISONS = [
         {"towers, tabletop reach (preset model, 32 async envs)": PRESET_TOWERS},
         "{bfloat16}; the trainable layers, the heads and the update stay float32."),
 ]
+# The PPO update compiled (algo.compile=true) against eager, same envs; alternating, two runs each.
+COMPILED = {"state backbone, tabletop reach (8 sync envs)": [*STATE_TABLETOP, "num_envs=8", "algo.num_steps=128"],
+            "towers, tabletop reach (preset model, 32 async envs)": PRESET_TOWERS}
 SCALING_SETTINGS = {"local (distributed=none)": [],
                     "ray, 1 worker": ["distributed=ray", "distributed.num_workers=1"],
                     "ray, 2 workers": ["distributed=ray", "distributed.num_workers=2"]}
@@ -135,7 +139,9 @@ def measure_trainer(overrides: List[str], updates: int, run_dir: Path) -> Dict[s
     """Per-update means over ``updates`` updates after a warm-up update."""
     trainer = Trainer(train_config(*QUIET, *overrides), run_dir)
     try:
+        start = time.perf_counter()
         trainer.train_one_update()  # warm-up: allocations, first instruction encodings, worker start-up
+        warmup = time.perf_counter() - start
         frozen = FrozenStageTimer(trainer.model)
         rows = []
         for _ in range(updates):
@@ -151,6 +157,7 @@ def measure_trainer(overrides: List[str], updates: int, run_dir: Path) -> Dict[s
             if all(row.get(key) is not None for row in rows)}  # None: e.g. no episode ended in the update
     mean["batch"] = float(trainer.batch_size)
     mean["rollout"] = mean["wall"] - mean["perf/update_seconds"]
+    mean["warmup"] = warmup
     return mean
 
 
@@ -211,7 +218,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the rollout length of every case")
     parser.add_argument("--only", default=None, help="run only the cases whose label contains this text, or "
-                        "the comparison of the setting named (overlap_envs, backbone.dtype)")
+                        "the comparison of the setting named (overlap_envs, backbone.dtype, algo.compile)")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray scaling measurement")
     args = parser.parse_args()
     started, load_before = time.perf_counter(), os.getloadavg()[0]
@@ -247,6 +254,17 @@ def main() -> None:
                             value, []).append(trained)
                         print(f"{label}, {setting}: rollout {trained['batch'] / trained['rollout']:,.0f}/s",
                               flush=True)
+        compiled: Dict[str, Dict[str, List[Dict[str, float]]]] = {}
+        if not args.only or args.only == "algo.compile":
+            for label, overrides in COMPILED.items():
+                steps = max(8, int(train_config(*QUIET, *overrides).algo.num_steps * args.scale))
+                for _ in range(2):
+                    for value in ("false", "true"):
+                        trained = measure_trainer([*overrides, f"algo.num_steps={steps}", f"algo.compile={value}"],
+                                                  2, Path(tmp) / "compiled")
+                        compiled.setdefault(label, {}).setdefault(value, []).append(trained)
+                        print(f"{label}, algo.compile={value}: update {trained['perf/update_seconds']:.2f} s, "
+                              f"first update {trained['warmup']:.1f} s", flush=True)
         scaling: Dict[str, List[Dict[str, float]]] = {}
         if not args.no_ray and not args.only:
             import ray
@@ -262,7 +280,7 @@ def main() -> None:
                     print(f"{name}: rollout {trained['batch'] / trained['rollout']:,.0f}/s, "
                           f"training {trained['batch'] / trained['wall']:,.0f}/s", flush=True)
             ray.shutdown()
-    report = render(results, threads, compared, scaling, args, time.perf_counter() - started, load_before,
+    report = render(results, threads, compared, compiled, scaling, args, time.perf_counter() - started, load_before,
                     os.getloadavg()[0])
     print(report)
     if not args.only:
@@ -283,7 +301,7 @@ def bfloat16_hardware() -> str:
     return "This CPU has no bfloat16 instructions: bfloat16 is emulated, about 10x slower than float32"
 
 
-def render(results, threads, compared, scaling, args, seconds: float, load_before: float,
+def render(results, threads, compared, compiled, scaling, args, seconds: float, load_before: float,
            load_after: float) -> str:
     command = "python experiments/bench_throughput.py" + (f" --scale {args.scale}" if args.scale != 1.0 else "")
     lines = [
@@ -346,6 +364,25 @@ def render(results, threads, compared, scaling, args, seconds: float, load_befor
                          f"{', '.join(f'{v:,.0f}' for v in rates[default])}; "
                          f"{', '.join(f'{v:,.0f}' for v in rates[candidate])} |")
         lines += ["", comparison.note.format(bfloat16=bfloat16_hardware())]
+    if compiled:
+        lines += ["", "The PPO update compiled (`algo.compile=true`: each minibatch's forward pass and loss, with its "
+                  "backward, through torch.compile), side by side with eager; alternating, two runs each (means; "
+                  "seconds per update, training steps/s of the full loop, the first update with the compilation):",
+                  "", "| configuration | update s, eager | update s, compiled | ratio | training steps/s, eager / "
+                  "compiled | first update s, eager / compiled | runs (update s) |", "|---|---:|---:|---:|---:|---:|---|"]
+        for label, settings in compiled.items():
+            mean = {k: {key: np.mean([t[key] for t in runs]) for key in ("perf/update_seconds", "wall", "batch",
+                                                                          "warmup")} for k, runs in settings.items()}
+            eager, fused = mean["false"], mean["true"]
+            lines.append(f"| {label} | {eager['perf/update_seconds']:.2f} | {fused['perf/update_seconds']:.2f} | "
+                         f"{eager['perf/update_seconds'] / fused['perf/update_seconds']:.2f}x | "
+                         f"{eager['batch'] / eager['wall']:,.0f} / {fused['batch'] / fused['wall']:,.0f} | "
+                         f"{eager['warmup']:.1f} / {fused['warmup']:.1f} | " + "; ".join(
+                             ", ".join(f"{t['perf/update_seconds']:.2f}" for t in settings[k]) for k in ("false", "true"))
+                         + " |")
+        lines += ["", "Compilation pays where many small kernels make the update (the state MLPs: the eager update "
+                  "is mostly per-operation overhead); the first compiled update includes tracing and code "
+                  "generation, shorter once torch's on-disk compile cache holds the kernels (the second run)."]
     if scaling:
         lines += ["", "Rollout workers, side by side: state backbone on tabletop reach, 8 envs in all (split "
                   "between the workers, each stepping its envs in-process), one local Ray instance; "

@@ -16,11 +16,12 @@ import torch
 from gymnasium import spaces
 
 from tests.conftest import train_config
+from envs import make_env
 from vla.actor_critic import FROZEN_PREFIX, ActorCritic
 from vla.backbones import build_backbone
 from vla.checkpoint import CheckpointError, check_compatible
 from vla.errors import ConfigError
-from vla.ppo import PPO, RolloutStorage, compute_gae
+from vla.ppo import PPO, RolloutStorage, compute_gae, frozen_copy
 
 INSTRUCTIONS = ["pick up the red cube", "push the blue block to the left", "lift the green cube"]
 WORDS = sorted({word for text in INSTRUCTIONS for word in text.split()} | {"user:", "assistant:"})
@@ -290,6 +291,30 @@ def test_feature_caching_gives_the_same_update_as_recomputing(backbone, towers_m
     assert stats_cached.policy_loss == pytest.approx(stats_recomputed.policy_loss, rel=1e-4, abs=1e-6)
     assert stats_cached.value_loss == pytest.approx(stats_recomputed.value_loss, rel=1e-4, abs=1e-6)
     for (name, a), b in zip(cached.named_parameters(), recomputed.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_compiled_update_matches_the_eager_update():
+    """algo.compile=true runs the same update through torch.compile: the same statistics and weights, up to
+    float rounding, for a state model with the privileged auxiliary head and the KL term toward pi_init."""
+    reach = ["env=tabletop_reach", "env.use_camera=false", "env.privileged_obs=true"]
+    env = make_env(train_config(*reach).env)
+    eager = actor_critic(env, *reach, "backbone=state", "backbone.mode=mlp", "backbone.hidden_size=16",
+                         "algo.privileged_aux_coef=1.0")
+    storage, _ = collect(eager, env, num_steps=4, num_envs=4)
+    compiled = copy.deepcopy(eager)
+    results = []
+    for model, compile_ in ((eager, False), (compiled, True)):
+        data = storage.data
+        advantages, returns = compute_gae(data["reward"], data["value"], data["terminated"], data["truncated"],
+                                          data["final_value"], torch.zeros(storage.num_envs), 0.99, 0.95)
+        ppo = PPO(ppo_config(compile=compile_, init_kl_coef=0.5, privileged_aux_coef=1.0), model, frozen_copy(model))
+        torch.manual_seed(0)
+        results.append(ppo.update(storage, advantages, returns))
+    assert results[1].optimizer_steps == results[0].optimizer_steps == 4
+    for field in ("policy_loss", "value_loss", "entropy", "approx_kl", "init_kl", "privileged_aux", "action_std"):
+        assert getattr(results[1], field) == pytest.approx(getattr(results[0], field), rel=1e-4, abs=1e-6), field
+    for (name, a), b in zip(eager.named_parameters(), compiled.parameters()):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4, msg=name)
 
 

@@ -368,6 +368,10 @@ class PPOConfig(AlgoConfig):
     # normalized units off in each coordinate, where the demos' errors are about 0.3) cannot carry the loss,
     # nor its share of the gradient norm that PPO clips jointly with the policy's.
     privileged_aux_loss: str = "mse"
+    # Compile each minibatch's forward pass and loss, with its backward, into fused kernels (torch.compile; needs
+    # a C++ compiler on the CPU). Same results to float rounding; faster where many small kernels dominate the
+    # update, at a one-off cost of tens of seconds (experiments/bench_throughput.py measures both).
+    compile: bool = False
 
 
 @dataclass

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Dict, List, Optional
@@ -14,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.distributions import kl_divergence
 
 from vla.actor_critic import ActorCritic
+from vla.errors import ConfigError
 
 
 class RolloutStorage:
@@ -154,12 +156,54 @@ class PPO:
             eps=cfg.adam_eps, fused=fused_adam_supported(actor + critic) or None,
         )
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        # torch.compile traces the minibatch loss on its first call (tens of seconds) and again for the critic
+        # warm-up's variant; fused forward and backward kernels pay that back within a few updates on a small model.
+        self.loss_fn = torch.compile(self.minibatch_loss) if cfg.compile else self.minibatch_loss
 
     def set_progress(self, fraction_done: float) -> None:
         """Linear learning-rate annealing from the configured rates to zero."""
         scale = 1.0 - fraction_done if self.cfg.anneal_lr else 1.0
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * scale
+
+    def minibatch_loss(self, inputs: Dict[str, torch.Tensor], actions: torch.Tensor, old_log_prob: torch.Tensor,
+                       old_values: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor,
+                       critic_only: bool):
+        """The loss of one minibatch, with gradients, and its statistics as one tensor: the loss, policy loss, value loss,
+        entropy, KL(pi_init || pi), auxiliary loss (NaN when off), approximate KL(old || new), clip fraction,
+        mean action std (NaN for a distribution without one). Only tensor work, so ``algo.compile`` can fuse it
+        (with its backward) into a few kernels."""
+        cfg = self.cfg
+        new_log_prob, entropy, new_value, dist = self.model.evaluate(inputs, actions)
+        log_ratio = new_log_prob - old_log_prob
+        with torch.no_grad():
+            # Schulman's low-variance estimator of KL(old || new).
+            approx_kl = ((log_ratio.exp() - 1) - log_ratio).mean()
+            clip_fraction = ((log_ratio.exp() - 1.0).abs() > cfg.clip_coef).float().mean()
+        if cfg.norm_adv and advantages.numel() > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        pg_loss = clipped_policy_loss(new_log_prob, old_log_prob, advantages, cfg.clip_coef)
+        v_loss = value_loss(new_value, old_values, returns, cfg.clip_coef if cfg.clip_vloss else None)
+        entropy_mean = entropy.mean()
+        # KL(pi_init || pi) on this minibatch's observations: how far the policy moved from where the run
+        # started (0 while the actor is held still in the critic warm-up).
+        init_kl = torch.zeros((), device=new_value.device)
+        if self.reference is not None and not critic_only:
+            with torch.no_grad():
+                init_dist = self.reference.evaluate(inputs, actions)[3]
+            init_kl = kl_divergence(init_dist, dist).mean()
+        aux = self.model.aux_loss
+        if critic_only:
+            loss = cfg.vf_coef * v_loss
+        else:
+            loss = pg_loss - cfg.ent_coef * entropy_mean + cfg.vf_coef * v_loss + cfg.init_kl_coef * init_kl
+            if cfg.privileged_aux_coef and aux is not None:
+                loss = loss + cfg.privileged_aux_coef * aux
+        nan = torch.full((), float("nan"), device=new_value.device)
+        std = dist.base_dist.scale.mean() if hasattr(dist, "base_dist") else nan
+        stats = torch.stack([loss, pg_loss, v_loss, entropy_mean, init_kl, nan if aux is None else aux,
+                             approx_kl, clip_fraction, std]).detach()
+        return loss, stats
 
     def update(self, storage: RolloutStorage, advantages: torch.Tensor, returns: torch.Tensor,
                critic_only: bool = False) -> UpdateStats:
@@ -175,7 +219,7 @@ class PPO:
         all_params = [p for group in self.optimizer.param_groups for p in group["params"]]
 
         sums: Dict[str, float] = {k: 0.0 for k in ("policy", "value", "entropy", "kl", "clip", "grad", "std",
-                                                   "init_kl")}
+                                                   "init_kl", "aux")}
         count, skipped, early_stopped, epochs_done = 0, 0, False, 0.0
         for epoch in range(cfg.update_epochs):
             order = torch.randperm(batch_size, device=flat_adv.device)
@@ -183,39 +227,21 @@ class PPO:
             for i, start in enumerate(starts):
                 idx = order[start:start + minibatch_size]
                 mb_inputs = {key: value[idx] for key, value in inputs.items()}
-                new_log_prob, entropy, new_value, dist = self.model.evaluate(mb_inputs, actions[idx])
-                log_ratio = new_log_prob - old_log_prob[idx]
-                with torch.no_grad():
-                    # Schulman's low-variance estimator of KL(old || new).
-                    approx_kl = float(((log_ratio.exp() - 1) - log_ratio).mean())
-                    clip_fraction = float(((log_ratio.exp() - 1.0).abs() > cfg.clip_coef).float().mean())
+                try:
+                    loss, stats = self.loss_fn(mb_inputs, actions[idx], old_log_prob[idx], old_values[idx],
+                                               flat_adv[idx], flat_returns[idx], critic_only)
+                except torch._dynamo.exc.BackendCompilerFailed as error:
+                    raise ConfigError(f"algo.compile=true: torch.compile could not build the update ({error}); "
+                                      "install a C++ compiler (e.g. apt install g++) or set algo.compile=false") \
+                        from error
+                # One host transfer per minibatch for the early stop and the logs (a GPU sync each).
+                loss_value, pg_loss, v_loss, entropy_mean, init_kl, aux, approx_kl, clip_fraction, std = stats.tolist()
                 if cfg.target_kl is not None and approx_kl > 1.5 * cfg.target_kl and not critic_only:
                     early_stopped = True
                     break
 
-                mb_adv = flat_adv[idx]
-                if cfg.norm_adv and mb_adv.numel() > 1:
-                    mb_adv = (mb_adv - mb_adv.mean()) / (mb_adv.std() + 1e-8)
-                pg_loss = clipped_policy_loss(new_log_prob, old_log_prob[idx], mb_adv, cfg.clip_coef)
-                v_loss = value_loss(new_value, old_values[idx], flat_returns[idx],
-                                    cfg.clip_coef if cfg.clip_vloss else None)
-                entropy_mean = entropy.mean()
-                # KL(pi_init || pi) on this minibatch's observations: how far the policy moved from where the
-                # run started (0 while the actor is held still in the critic warm-up).
-                init_kl = torch.zeros((), device=new_value.device)
-                if self.reference is not None and not critic_only:
-                    with torch.no_grad():
-                        init_dist = self.reference.evaluate(mb_inputs, actions[idx])[3]
-                    init_kl = kl_divergence(init_dist, dist).mean()
-                if critic_only:
-                    loss = cfg.vf_coef * v_loss
-                else:
-                    loss = pg_loss - cfg.ent_coef * entropy_mean + cfg.vf_coef * v_loss + cfg.init_kl_coef * init_kl
-                    if cfg.privileged_aux_coef and self.model.aux_loss is not None:
-                        loss = loss + cfg.privileged_aux_coef * self.model.aux_loss
-
                 self.optimizer.zero_grad(set_to_none=True)
-                if not torch.isfinite(loss):
+                if not math.isfinite(loss_value):
                     skipped += 1
                     continue
                 loss.backward()
@@ -231,17 +257,15 @@ class PPO:
                 self.optimizer.step()
 
                 count += 1
-                sums["policy"] += pg_loss.item()
-                sums["value"] += v_loss.item()
-                sums["entropy"] += entropy_mean.item()
+                sums["policy"] += pg_loss
+                sums["value"] += v_loss
+                sums["entropy"] += entropy_mean
                 sums["kl"] += approx_kl
                 sums["clip"] += clip_fraction
                 sums["grad"] += float(grad_norm)
-                if self.model.aux_loss is not None:
-                    sums["aux"] = sums.get("aux", 0.0) + self.model.aux_loss.item()
-                sums["init_kl"] += init_kl.item()
-                has_std = hasattr(dist, "base_dist")
-                sums["std"] += float(dist.base_dist.scale.detach().mean()) if has_std else float("nan")
+                sums["aux"] += aux
+                sums["init_kl"] += init_kl
+                sums["std"] += std
             if early_stopped:
                 epochs_done = epoch + i / max(1, len(starts))
                 break
@@ -255,5 +279,5 @@ class PPO:
             grad_norm=sums["grad"] / n, action_std=sums["std"] / n, epochs=epochs_done,
             optimizer_steps=count, skipped_steps=skipped, early_stopped=early_stopped,
             init_kl=sums["init_kl"] / n if self.reference is not None else None,
-            privileged_aux=sums["aux"] / n if "aux" in sums else None,
+            privileged_aux=None if math.isnan(sums["aux"]) else sums["aux"] / n,  # NaN: no auxiliary head
         )
