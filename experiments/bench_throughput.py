@@ -369,7 +369,8 @@ def render(results, threads, compared, compiled, scaling, args, seconds: float, 
                   "backward, through torch.compile), side by side with eager; alternating, two runs each (means; "
                   "seconds per update, training steps/s of the full loop, the first update with the compilation):",
                   "", "| configuration | update s, eager | update s, compiled | ratio | training steps/s, eager / "
-                  "compiled | first update s, eager / compiled | runs (update s) |", "|---|---:|---:|---:|---:|---:|---|"]
+                  "compiled | first update s, eager / compiled | runs (update s) |",
+                  "|---|---:|---:|---:|---:|---:|---|"]
         for label, settings in compiled.items():
             mean = {k: {key: np.mean([t[key] for t in runs]) for key in ("perf/update_seconds", "wall", "batch",
                                                                           "warmup")} for k, runs in settings.items()}
@@ -377,9 +378,9 @@ def render(results, threads, compared, compiled, scaling, args, seconds: float, 
             lines.append(f"| {label} | {eager['perf/update_seconds']:.2f} | {fused['perf/update_seconds']:.2f} | "
                          f"{eager['perf/update_seconds'] / fused['perf/update_seconds']:.2f}x | "
                          f"{eager['batch'] / eager['wall']:,.0f} / {fused['batch'] / fused['wall']:,.0f} | "
-                         f"{eager['warmup']:.1f} / {fused['warmup']:.1f} | " + "; ".join(
-                             ", ".join(f"{t['perf/update_seconds']:.2f}" for t in settings[k]) for k in ("false", "true"))
-                         + " |")
+                         f"{eager['warmup']:.1f} / {fused['warmup']:.1f} | "
+                         + "; ".join(", ".join(f"{t['perf/update_seconds']:.2f}" for t in settings[k])
+                                     for k in ("false", "true")) + " |")
         lines += ["", "Compilation pays where many small kernels make the update (the state MLPs: the eager update "
                   "is mostly per-operation overhead); the first compiled update includes tracing and code "
                   "generation, shorter once torch's on-disk compile cache holds the kernels (the second run)."]

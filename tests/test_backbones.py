@@ -308,7 +308,8 @@ def test_compiled_update_matches_the_eager_update():
         data = storage.data
         advantages, returns = compute_gae(data["reward"], data["value"], data["terminated"], data["truncated"],
                                           data["final_value"], torch.zeros(storage.num_envs), 0.99, 0.95)
-        ppo = PPO(ppo_config(compile=compile_, init_kl_coef=0.5, privileged_aux_coef=1.0), model, frozen_copy(model))
+        algo = ppo_config(compile=compile_, init_kl_coef=0.5, privileged_aux_coef=1.0)
+        ppo = PPO(algo, model, frozen_copy(model))
         torch.manual_seed(0)
         results.append(ppo.update(storage, advantages, returns))
     assert results[1].optimizer_steps == results[0].optimizer_steps == 4

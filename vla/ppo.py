@@ -169,10 +169,10 @@ class PPO:
     def minibatch_loss(self, inputs: Dict[str, torch.Tensor], actions: torch.Tensor, old_log_prob: torch.Tensor,
                        old_values: torch.Tensor, advantages: torch.Tensor, returns: torch.Tensor,
                        critic_only: bool):
-        """The loss of one minibatch, with gradients, and its statistics as one tensor: the loss, policy loss, value loss,
-        entropy, KL(pi_init || pi), auxiliary loss (NaN when off), approximate KL(old || new), clip fraction,
-        mean action std (NaN for a distribution without one). Only tensor work, so ``algo.compile`` can fuse it
-        (with its backward) into a few kernels."""
+        """The loss of one minibatch, with gradients, and its statistics as one tensor: the loss, policy loss,
+        value loss, entropy, KL(pi_init || pi), auxiliary loss (NaN when off), approximate KL(old || new), clip
+        fraction, mean action std (NaN for a distribution without one). Only tensor work, so ``algo.compile``
+        can fuse it (with its backward) into a few kernels."""
         cfg = self.cfg
         new_log_prob, entropy, new_value, dist = self.model.evaluate(inputs, actions)
         log_ratio = new_log_prob - old_log_prob
