@@ -370,7 +370,7 @@ class PPOConfig(AlgoConfig):
     privileged_aux_loss: str = "mse"
     # Compile each minibatch's forward pass and loss, with its backward, into fused kernels (torch.compile; needs
     # a C++ compiler on the CPU). Same results to float rounding; faster where many small kernels dominate the
-    # update, at a one-off cost of tens of seconds (experiments/bench_throughput.py measures both).
+    # update, at a one-off cost of seconds to tens of seconds (experiments/bench_throughput.py measures both).
     compile: bool = False
 
 
