@@ -158,6 +158,8 @@ class RobosuiteEnv(gym.Env):
         # another cube in every process. Here each reset draws the size from the episode's seed instead.
         self._cube_half_size_range = (HELDOUT_CUBE_HALF_SIZE if split == "heldout" else LIFT_CUBE_HALF_SIZE) \
             if task == "Lift" and not hard_reset else None
+        self._cube_density: Optional[float] = None
+        self._scratch_data: Optional[mujoco.MjData] = None
 
         low, high = self._env.action_spec
         self.action_space = spaces.Box(low.astype(np.float32), high.astype(np.float32))
@@ -206,15 +208,29 @@ class RobosuiteEnv(gym.Env):
         return self._observation(raw), float(reward), bool(done and not horizon_reached), horizon_reached, info
 
     def _set_cube_half_size(self, half_size) -> None:
-        """Resize Lift's cube in the kept model (collision and visual geoms, their bounding volumes) and in
-        robosuite's object, whose bottom offset the placement sampler reads at the next reset."""
+        """Resize Lift's cube in the kept model so that it equals the model robosuite would build with that
+        size: collision and visual geoms and their bounding volumes, the body's mass and inertia (robosuite's
+        box density, read off the built model) and the constants MuJoCo derives from them (``mj_setConst``:
+        inverse weights that set contact softness, ``dof_M0``, subtree masses), and robosuite's object, whose
+        bottom offset the placement sampler reads at the next reset."""
         cube, model = self._env.cube, self.model
-        cube.size = np.asarray(half_size, dtype=np.float64)
+        size = np.asarray(half_size, dtype=np.float64)
+        body = model.body(cube.root_body).id
+        if self._cube_density is None:  # robosuite's density: the built cube's mass over its volume
+            self._cube_density = float(model.body_mass[body] / (8.0 * np.prod(cube.size)))
+            self._scratch_data = mujoco.MjData(model)  # mj_setConst overwrites the data it is given
+        cube.size = size
         for name in cube.contact_geoms + cube.visual_geoms:
             geom = model.geom(name).id
-            model.geom_size[geom] = cube.size
-            model.geom_rbound[geom] = np.linalg.norm(cube.size)
-            model.geom_aabb[geom, 3:] = cube.size
+            model.geom_size[geom] = size
+            model.geom_rbound[geom] = np.linalg.norm(size)
+            model.geom_aabb[geom, 3:] = size
+        model.bvh_aabb[model.body_bvhadr[body]:model.body_bvhadr[body] + model.body_bvhnum[body], 3:] = size
+        mass = self._cube_density * 8.0 * np.prod(size)
+        squares = size**2
+        model.body_mass[body] = mass
+        model.body_inertia[body] = mass / 3.0 * (squares.sum() - squares)  # a solid box about its centre
+        mujoco.mj_setConst(model, self._scratch_data)
 
     def _make_rendering_fast(self) -> None:
         """Shadows, reflections, skybox off and no multisampling, on the current render context."""

@@ -160,6 +160,35 @@ def test_lift_cube_size_is_a_function_of_the_seed_and_the_heldout_cube_is_smalle
             env.close()
 
 
+def numeric_model_fields(model):
+    fields = {}
+    for name in dir(model):
+        value = getattr(model, name, None) if not name.startswith("_") else None
+        if isinstance(value, np.ndarray) and value.dtype.kind in "fiu":
+            fields[name] = value.copy()
+    return fields
+
+
+def test_resized_cube_model_equals_the_model_robosuite_builds_for_that_size():
+    # robosuite draws each env's cube when it builds the model (from an unseeded generator): two builds, two
+    # sizes. Resizing the second to the first's size must leave no trace of its own: geoms, bounding volumes,
+    # mass, inertia and what MuJoCo derives from them (contact softness comes from the inverse weights).
+    built, resized = make_env(env_config("lift_state")), make_env(env_config("lift_state"))
+    try:
+        size = np.array(built.unwrapped._env.cube.size)
+        assert not np.array_equal(size, resized.unwrapped._env.cube.size)
+        before = numeric_model_fields(resized.unwrapped.model)
+        resized.unwrapped._set_cube_half_size(size)
+        expected, actual = numeric_model_fields(built.unwrapped.model), numeric_model_fields(resized.unwrapped.model)
+        changed = [name for name in actual if not np.array_equal(actual[name], before[name])]
+        assert {"geom_size", "body_mass", "body_inertia", "body_invweight0", "dof_M0", "bvh_aabb"} <= set(changed)
+        for name in expected:
+            np.testing.assert_allclose(actual[name], expected[name], rtol=1e-12, atol=1e-15, err_msg=name)
+    finally:
+        built.close()
+        resized.close()
+
+
 def test_bad_config_values_raise_config_errors_naming_them():
     with pytest.raises(ConfigError, match="env.task='Fly'"):
         make_env(env_config("lift_state", "task=Fly"))
