@@ -66,6 +66,17 @@ def test_missing_checkpoint_names_the_path(tmp_path):
         ckpt.resolve_checkpoint(tmp_path)
 
 
+def test_the_latest_pointer_file_resolves_to_the_checkpoint_it_names(tmp_path):
+    _save(tmp_path, "update_000001", 1.0)
+    _save(tmp_path, "update_000002", 2.0)
+    assert ckpt.resolve_checkpoint(tmp_path / "latest") == tmp_path / "update_000002"
+    (tmp_path / "latest").write_text("update_000009\n")  # names a checkpoint that is gone
+    with pytest.raises(ckpt.CheckpointError, match="update_000009, which does not exist"):
+        ckpt.resolve_checkpoint(tmp_path / "latest")
+    with pytest.raises(ckpt.CheckpointError, match="is a file"):
+        ckpt.resolve_checkpoint(tmp_path / "update_000002" / "model.safetensors")
+
+
 def _train(overrides, run_dir):
     trainer = Trainer(train_config(*overrides), run_dir)
     return trainer.train(), trainer

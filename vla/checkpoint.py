@@ -138,6 +138,14 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if not path.exists():
         raise CheckpointError(f"checkpoint path {path} does not exist; pass a run directory or a "
                               "checkpoint directory such as runs/<date>/checkpoints/update_000010")
+    if path.is_file():
+        if path.name != LATEST:
+            raise CheckpointError(f"checkpoint path {path} is a file; pass a run directory or a checkpoint "
+                                  "directory such as runs/<date>/checkpoints/update_000010")
+        path = path.parent / path.read_text().strip()  # the `latest` pointer: the checkpoint it names
+        if not path.is_dir():
+            raise CheckpointError(f"{path.parent / LATEST} names {path.name}, which does not exist; pass the run "
+                                  f"directory {path.parent.parent} to fall back to the newest intact checkpoint")
     if (path / MANIFEST).exists() or (path / "model.safetensors").exists():
         problem = verify(path)
         if problem:
