@@ -130,7 +130,8 @@ def verify(checkpoint_dir: Path) -> Optional[str]:
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint directory, a run directory, or a run's ``checkpoints/`` directory -> an intact checkpoint.
+    """A checkpoint directory, a run directory, a run's ``checkpoints/`` directory or its ``latest`` pointer file
+    -> an intact checkpoint.
 
     For a run, the checkpoint named by ``latest`` is used when intact, else the newest intact one.
     """
