@@ -129,6 +129,11 @@ def verify(checkpoint_dir: Path) -> Optional[str]:
     return None
 
 
+def _named_by_latest(checkpoint_root: Path) -> Path:
+    """The checkpoint directory that ``checkpoint_root/latest`` (written by ``save_checkpoint``) names."""
+    return checkpoint_root / (checkpoint_root / LATEST).read_text().strip()
+
+
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """A checkpoint directory, a run directory, a run's ``checkpoints/`` directory or its ``latest`` pointer file
     -> an intact checkpoint.
@@ -143,7 +148,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         if path.name != LATEST:
             raise CheckpointError(f"checkpoint path {path} is a file; pass a run directory or a checkpoint "
                                   "directory such as runs/<date>/checkpoints/update_000010")
-        path = path.parent / path.read_text().strip()  # the `latest` pointer: the checkpoint it names
+        path = _named_by_latest(path.parent)
         if not path.is_dir():
             raise CheckpointError(f"{path.parent / LATEST} names {path.name}, which does not exist; pass the run "
                                   f"directory {path.parent.parent} to fall back to the newest intact checkpoint")
@@ -155,7 +160,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     candidates = []
     if (root / LATEST).is_file():
-        candidates.append(root / (root / LATEST).read_text().strip())
+        candidates.append(_named_by_latest(root))
     candidates += sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("update_")), reverse=True)
     problems = []
     for candidate in candidates:
