@@ -8,12 +8,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env
 
 from envs import make_env, make_vector_env
 from envs.robosuite_env import HELDOUT_CUBE_HALF_SIZE, HELDOUT_INSTRUCTIONS, TASK_INSTRUCTIONS
 from envs.robosuite_experts import make_expert
-from tests.conftest import train_config
+from tests.conftest import load_experiment, train_config
 from vla.errors import ConfigError
 
 
@@ -285,3 +286,36 @@ def test_async_vector_env_with_two_forkserver_camera_workers():
         assert reward.shape == (2,) and not truncated.any() and list(info["task"]) == ["robosuite/Lift"] * 2
     finally:
         envs.close()
+
+
+class ScriptedLiftThen:
+    """Stands in for a policy in ``experiments/probe_lift.py``: robosuite's scripted Lift expert until the cube
+    has been up for ``held`` steps, then ``after`` (a fixed action) to the end."""
+
+    def __init__(self, env, after, held: int = 5):
+        self.env, self.after, self.held = env, np.asarray(after, dtype=np.float32), held
+        self.expert, self.up_steps = make_expert("Lift"), 0
+
+    def to_tensors(self, obs):
+        return obs
+
+    def act(self, obs, deterministic: bool):
+        suite = self.env.unwrapped._env
+        self.up_steps += bool(suite._check_success())
+        action = self.after if self.up_steps > self.held else self.expert.act(suite)
+        return type("Out", (), {"action": torch.as_tensor(action, dtype=torch.float32)[None]})
+
+
+@pytest.mark.parametrize("after, how", [([0, 0, -1, 0, 0, 0, 1], "lowered"), ([0, 0, 0, 0, 0, 0, -1], "dropped")])
+def test_probe_lift_tells_a_lowered_cube_from_a_dropped_one(after, how):
+    # The arm moving down with the gripper closed brings the held cube back below 4 cm: lowered. An opening
+    # gripper lets it fall: dropped.
+    probe_lift = load_experiment("probe_lift")
+    env = make_env(env_config("lift_state", "terminate_on_success=false", "horizon=80"))
+    try:
+        row = probe_lift.probe_episode(ScriptedLiftThen(env, after), env, seed=0)
+    finally:
+        env.close()
+    assert row["lifted"] and not row["success"] and row["first_lift"] is not None
+    assert [loss for _, loss in row["losses"]] == [how], row
+    assert row["max_height"] > 0.04
