@@ -33,6 +33,7 @@ def load_experiment(name: str):
     """A script of ``experiments/`` (not a package) as a module, to test its functions."""
     spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
