@@ -3,7 +3,8 @@ where the time goes.
 
     python experiments/bench_throughput.py [--scale 1.0] [--only LABEL_SUBSTRING]
 
-For each configuration, side by side in one run on the same envs (the same preset, overrides and num_envs):
+For each configuration (the default ``vla-train`` and the tabletop and robosuite presets, as users launch them),
+side by side in one run on the same envs:
 
 - raw env steps/s: ``make_vector_env`` stepped with uniform random actions, measured right before and right
   after the trainer (the mean of the two, so a change in the machine's load during the trainer counts half);
@@ -45,7 +46,6 @@ from vla.backbones.towers import bfloat16_is_native  # noqa: E402
 from vla.trainer import Trainer  # noqa: E402
 
 RESULTS = REPO / "experiments" / "results" / "bench_throughput.md"
-TOWERS = ["backbone=towers", "policy=gaussian_transformer", "critic=attention"]
 STATE_TABLETOP = ["env=tabletop_reach", "env.use_camera=false", "env.privileged_state=true",
                   "env.vector_mode=sync"]
 # Every run: no console bar, no evaluation, no checkpoints inside the measured updates. One torch thread in the
