@@ -63,18 +63,18 @@ class Case:
 
 
 # The experiments as users launch them (`vla-train` and the presets of issue 8: their envs, rollout length and
-# update), one per backbone and kind of task the issue names.
-CASES = [
-    Case("state backbone, tabletop reach: the default `vla-train` (8 sync envs)", [], updates=3, target=0.9),
-    Case("towers, tabletop reach: `experiment=tabletop_reach_towers` (64x64 camera, 32 async envs)",
-         ["experiment=tabletop_reach_towers"], updates=2, target=0.7),
-    Case("state backbone, robosuite Lift: `experiment=robosuite_lift_state` (8 async envs)",
-         ["experiment=robosuite_lift_state"], updates=2, target=0.9),
-    Case("towers, robosuite Lift: `experiment=robosuite_lift_towers` (84x84 camera, 4 async envs)",
-         ["experiment=robosuite_lift_towers"], updates=2, target=0.7),
-]
+# update), one per backbone and kind of task the issue names: (label, overrides).
+DEFAULT = ("state backbone, tabletop reach: the default `vla-train` (8 sync envs)", [])
+REACH_TOWERS = ("towers, tabletop reach: `experiment=tabletop_reach_towers` (64x64 camera, 32 async envs)",
+                ["experiment=tabletop_reach_towers"])
+LIFT_STATE = ("state backbone, robosuite Lift: `experiment=robosuite_lift_state` (8 async envs)",
+              ["experiment=robosuite_lift_state"])
+LIFT_TOWERS = ("towers, robosuite Lift: `experiment=robosuite_lift_towers` (84x84 camera, 4 async envs)",
+               ["experiment=robosuite_lift_towers"])
+CASES = [Case(*DEFAULT, updates=3, target=0.9), Case(*REACH_TOWERS, updates=2, target=0.7),
+         Case(*LIFT_STATE, updates=2, target=0.9), Case(*LIFT_TOWERS, updates=2, target=0.7)]
 # Trainer torch threads: one (the default) against one per core, with the envs stepping in the trainer process.
-THREADS = ("state backbone, tabletop reach: the default `vla-train` (8 sync envs)", [])
+THREADS = DEFAULT
 # Local rollouts against 1 and 2 Ray rollout workers, same 8 envs in all, alternating, twice.
 SCALING = [*STATE_TABLETOP, "num_envs=8", "algo.num_steps=128"]
 
@@ -90,29 +90,22 @@ class Comparison:
     note: str
 
 
-PRESET_TOWERS = ["experiment=tabletop_reach_towers"]
-LIFT_STATE = ["experiment=robosuite_lift_state"]
-LIFT_TOWERS = ["experiment=robosuite_lift_towers"]
 COMPARISONS = [
     Comparison(
         "Env stepping overlapped with inference (`overlap_envs=true`: two env groups half a step apart), side by "
         "side with one vector env", "overlap_envs", ("false", "true"),
-        {"towers, tabletop reach (`experiment=tabletop_reach_towers`, 32 async envs)": PRESET_TOWERS,
-         "state backbone, robosuite Lift (`experiment=robosuite_lift_state`, 8 async envs)": LIFT_STATE,
-         "towers, robosuite Lift (`experiment=robosuite_lift_towers`, 4 async envs)": LIFT_TOWERS},
+        dict([REACH_TOWERS, LIFT_STATE, LIFT_TOWERS]),
         "Overlap can at best hide the shorter of env stepping and inference behind the longer, and only where a "
         "core is free to run both at once: with envs in worker processes and one inference thread, the 2 cores "
         "here bound the gain."),
     Comparison(
         "The frozen towers in bfloat16 (`backbone.dtype=bfloat16`), side by side with float32", "backbone.dtype",
         ("float32", "bfloat16"),
-        {"towers, tabletop reach (`experiment=tabletop_reach_towers`, 32 async envs)": PRESET_TOWERS},
+        dict([REACH_TOWERS]),
         "{bfloat16}; the trainable layers, the heads and the update stay float32."),
 ]
 # The PPO update compiled (algo.compile=true) against eager, same envs; alternating, two runs each.
-COMPILED = {"state backbone, tabletop reach: the default `vla-train` (8 sync envs)": [],
-            "state backbone, robosuite Lift (`experiment=robosuite_lift_state`, 8 async envs)": LIFT_STATE,
-            "towers, tabletop reach (`experiment=tabletop_reach_towers`, 32 async envs)": PRESET_TOWERS}
+COMPILED = dict([DEFAULT, LIFT_STATE, REACH_TOWERS])
 SCALING_SETTINGS = {"local (distributed=none)": [],
                     "ray, 1 worker": ["distributed=ray", "distributed.num_workers=1"],
                     "ray, 2 workers": ["distributed=ray", "distributed.num_workers=2"]}

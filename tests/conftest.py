@@ -30,11 +30,16 @@ def run_cli(script: str, *args: str, cwd: Path, timeout: int = 600) -> subproces
 
 
 def load_experiment(name: str):
-    """A script of ``experiments/`` (not a package) as a module, to test its functions."""
+    """A script of ``experiments/`` (not a package) as a module, to test its functions. As when it runs as a
+    script, ``experiments/`` is on sys.path while it loads, so it can import its neighbours."""
     spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(REPO / "experiments"))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "experiments"))
     return module
 
 

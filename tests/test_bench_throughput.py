@@ -1,16 +1,10 @@
 """experiments/bench_throughput.py: one case measured end to end on a short rollout, and its report row."""
 
-import sys
-
-from tests.conftest import REPO, load_experiment
+from tests.conftest import load_experiment
 
 
 def test_default_case_measures_raw_rollout_training_and_the_update_bound(tmp_path):
-    sys.path.insert(0, str(REPO / "experiments"))  # the script imports bench_envs as its neighbour
-    try:
-        bench = load_experiment("bench_throughput")
-    finally:
-        sys.path.remove(str(REPO / "experiments"))
+    bench = load_experiment("bench_throughput")
     case = bench.CASES[0]
     assert case.overrides == [] and case.target == 0.9  # the default `vla-train`, as a user launches it
     case = bench.Case(case.label, case.overrides, updates=1, target=case.target)
