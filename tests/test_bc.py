@@ -3,6 +3,7 @@
 the initial policy starts at 0, and the critic warm-up leaves the actor bit-identical."""
 
 import json
+import signal
 
 import h5py
 import numpy as np
@@ -202,6 +203,44 @@ def test_bc_checkpoints_are_not_resumed_as_ppo_and_demos_must_fit_the_env(bc_che
     assert "recorded on env" in str(info.value)
     with pytest.raises(DatasetError, match="action size 4 vs 2"):
         BCTrainer(train_config(*BC_RUN[len(REACH):], f"dataset={demos}", "env=reacher"), tmp_path / "r")
+
+
+def test_an_interrupted_bc_run_resumes_to_the_same_weights_and_refuses_other_demos_or_a_ppo_run(demos, tmp_path):
+    # Minibatches of 12 of the 38 samples: the cut falls mid-epoch, so the sample order at the cut matters too.
+    cfg = [*BC_RUN, "algo.batch_size=12", f"dataset={demos}", "eval.every_updates=1"]
+    whole = BCTrainer(train_config(*cfg), tmp_path / "whole")
+    whole.train()
+    interrupted = BCTrainer(train_config(*cfg), tmp_path / "cut")
+    first_update = interrupted.train_one_update
+
+    def stop_after_the_first_update():
+        metrics = first_update()
+        interrupted.stop_signal = signal.SIGTERM  # what the handler does on SIGTERM
+        return metrics
+
+    interrupted.train_one_update = stop_after_the_first_update
+    interrupted.train()
+    assert interrupted.global_step == 20 and not (tmp_path / "cut" / "eval" / "final").exists()
+    torch.manual_seed(12345)  # the resumed run must not depend on the RNGs left by whatever ran before it
+    resumed = BCTrainer(train_config(*cfg, f"resume={tmp_path / 'cut'}"), tmp_path / "elsewhere")
+    assert resumed.run_dir == tmp_path / "cut" and resumed.global_step == 20
+    resumed.train()
+    assert not (tmp_path / "elsewhere").exists()
+    weights = {name: ckpt.load_checkpoint(tmp_path / name)["weights"] for name in ("whole", "cut")}
+    assert weights["whole"].keys() == weights["cut"].keys()
+    assert all(torch.equal(weights["whole"][key], weights["cut"][key]) for key in weights["whole"])
+    assert whole.history[1]["losses/bc_nll"] == resumed.history[0]["losses/bc_nll"]
+    assert resumed.best_eval["success_rate"] == whole.best_eval["success_rate"]
+    events = EventAccumulator(str(tmp_path / "cut" / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("losses/bc_nll")] == [20, 40]
+
+    with pytest.raises(ConfigError, match="from a BC run on dataset=.*init_from="):
+        BCTrainer(train_config(*cfg[:-2], f"dataset=[{demos},{demos}]", f"resume={tmp_path / 'cut'}"), tmp_path / "r")
+    ppo_run = tmp_path / "ppo"
+    Trainer(train_config(*REACH, *PPO_RUN, "env.vector_mode=sync"), ppo_run).train()
+    with pytest.raises(ckpt.CheckpointError, match="written by algo=ppo; algo=bc resumes BC runs only"):
+        BCTrainer(train_config(*cfg, f"resume={ppo_run}"), tmp_path / "r")
 
 
 def test_a_dagger_round_labels_the_policys_own_states_with_the_expert_and_bc_trains_on_both(

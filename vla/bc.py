@@ -32,8 +32,8 @@ from vla.demos import DatasetError, DemoDataset, merge_datasets, read_dataset
 from vla.errors import ConfigError, TrainingDivergedError
 from vla.evaluate import evaluate_policy, report_scalars, split_env_config
 from vla.logger import RunLogger
-from vla.seeding import rng_json, rng_tensors, seed_everything
-from vla.trainer import load_initial_weights, resolve_device
+from vla.seeding import restore_rng, rng_json, rng_tensors, seed_everything
+from vla.trainer import load_initial_weights, resolve_device, resume_command
 
 # Samples per forward pass when the dataset's features are computed or its validation loss is measured.
 INFERENCE_BATCH = 256
@@ -113,9 +113,6 @@ class BCTrainer:
         if cfg.dataset is None:
             raise ConfigError("algo=bc needs dataset=PATH: demonstrations recorded with vla-demos (or any "
                               "robomimic-style HDF5 file with this env's observation keys)")
-        if cfg.resume is not None:
-            raise ConfigError("resume= continues PPO runs; run algo=bc again (it is short), or continue training "
-                              f"from a BC checkpoint with init_from={cfg.resume}")
         if cfg.curriculum.enabled:
             raise ConfigError("curriculum.enabled=true applies to PPO runs; algo=bc learns from a fixed dataset. "
                               "Set curriculum.enabled=false")
@@ -125,12 +122,16 @@ class BCTrainer:
         torch.use_deterministic_algorithms(cfg.deterministic_torch)
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
-        self.run_dir = run_dir
+        resume_from = ckpt.load_checkpoint(ckpt.resolve_checkpoint(cfg.resume)) if cfg.resume else None
+        # On resume, everything (checkpoints, tensorboard) continues in the original run directory.
+        self.run_dir = run_dir = resume_from["path"].parent.parent if resume_from else run_dir
         self.checkpoint_root = run_dir / "checkpoints"
         paths = [cfg.dataset] if isinstance(cfg.dataset, str) else list(cfg.dataset)
         if not paths:
             raise ConfigError("dataset=[] names no demonstrations; give a path or a list of paths")
         self.dataset_paths = [Path(str(path)).expanduser().resolve() for path in paths]
+        if resume_from is not None:
+            self.check_resumable(resume_from)
 
         probe = make_env(cfg.env)
         obs_space, action_space = probe.observation_space, probe.action_space
@@ -160,7 +161,11 @@ class BCTrainer:
                               "labels, which only the auxiliary privileged-state loss learns from: set "
                               "algo.privileged_aux_coef > 0 and env.privileged_obs=true, or leave them out")
         self.model = ActorCritic.from_config(cfg, obs_space, action_space).to(self.device)
-        if cfg.init_from:
+        if resume_from is not None:  # the weights and the normalizer statistics the interrupted run had
+            ckpt.check_compatible(resume_from["state"], backbone_identity=self.model.backbone.identity(),
+                                  state_dim=self.state_dim, action_dim=self.action_dim, path=resume_from["path"])
+            self.model.load_trainable_state_dict(resume_from["weights"], str(resume_from["path"]))
+        elif cfg.init_from:
             load_initial_weights(self.model, cfg.init_from, self.state_dim, self.action_dim)
         self.optimizer = torch.optim.Adam(self.model.actor_parameters(), lr=self.algo.learning_rate,
                                           eps=self.algo.adam_eps, weight_decay=self.algo.weight_decay)
@@ -176,7 +181,7 @@ class BCTrainer:
                                              if k != "instruction" and v.dtype.kind == "f"):
                 raise DatasetError(f"dataset {sources} holds NaN/inf observations")
         # The state normalizer comes from the training demos (unless init_from brought one along).
-        self.train_data = self.model_inputs(train, fit_normalizer=not cfg.init_from)
+        self.train_data = self.model_inputs(train, fit_normalizer=not (cfg.init_from or resume_from))
         self.valid_data = self.model_inputs(valid, fit_normalizer=False) if valid is not None else None
         self.num_samples = len(self.train_data["actions"])
         self.batch_size = min(self.algo.batch_size, self.num_samples)
@@ -195,7 +200,9 @@ class BCTrainer:
         self.stop_signal: Optional[int] = None
         self.history: List[Dict[str, float]] = []
         self._orders = [torch.empty(0, dtype=torch.long) for _ in self.pools]
-        self.logger = RunLogger(run_dir, self.total_steps, 0, cfg.progress)
+        if resume_from is not None:
+            self._restore(resume_from)
+        self.logger = RunLogger(run_dir, self.total_steps, self.global_step, cfg.progress)
         self.logger.writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg) + "\n```", 0)
         self.logger.message(
             f"behaviour cloning on {num_train_demos} demos"
@@ -204,6 +211,40 @@ class BCTrainer:
             f"{self.total_steps} gradient steps of {self.batch_size} samples")
         for mismatch in mismatches:
             self.logger.message(f"WARNING: {mismatch} (the observations fit, so training goes ahead)")
+        if resume_from is not None:
+            self.logger.message(f"resumed from {resume_from['path']} at gradient step {self.global_step}")
+
+    def check_resumable(self, loaded: Dict[str, Any]) -> None:
+        """``resume=``: refuse a PPO checkpoint, or a BC run on other demos (its sample order and normalizer
+        statistics belong to those)."""
+        state = loaded["state"]
+        run = loaded["path"].parent.parent
+        if state.get("algo", "ppo") != "bc":
+            raise ckpt.CheckpointError(f"checkpoint {loaded['path']} was written by algo={state.get('algo', 'ppo')}; "
+                                       f"algo=bc resumes BC runs only: continue that run with "
+                                       f"`{resume_command(run)}`")
+        recorded = state["dataset"] if isinstance(state["dataset"], list) else [state["dataset"]]
+        if recorded != [str(path) for path in self.dataset_paths]:
+            raise ConfigError(f"checkpoint {loaded['path']} is from a BC run on dataset={recorded}, not "
+                              f"{[str(path) for path in self.dataset_paths]}: continue it with "
+                              f"`{resume_command(run)}`, or start a new run on these demos from it with "
+                              f"init_from={loaded['path']}")
+
+    def _restore(self, loaded: Dict[str, Any]) -> None:
+        """Optimizer, counters, the minibatch order and every RNG of the interrupted run: the resumed run takes
+        the same gradient steps it would have taken."""
+        state, trainer_state = loaded["state"], loaded["trainer"]
+        if state.get("num_samples", self.num_samples) != self.num_samples:
+            raise DatasetError(f"the demos changed since checkpoint {loaded['path']} was written ({state['num_samples']} "
+                               f"training steps then, {self.num_samples} now); start a new run from it with "
+                               f"init_from={loaded['path']}")
+        self.optimizer.load_state_dict(trainer_state["optimizer"])
+        self.global_step, self.update_index = state["global_step"], state["update_index"]
+        self.best_eval = state.get("best_eval")
+        orders = trainer_state.get("sample_orders")
+        if orders is not None and len(orders) == len(self.pools):
+            self._orders = [order.cpu() for order in orders]
+        restore_rng(trainer_state["rng"], state["rng"])
 
     # ------------------------------------------------------------------------------------------- data
     @torch.no_grad()
@@ -344,7 +385,8 @@ class BCTrainer:
                     self.save()
             if self.stop_signal is not None:
                 self.logger.message(f"stopped by {signal.Signals(self.stop_signal).name} at gradient step "
-                                    f"{self.global_step}; the last checkpoint is in {self.checkpoint_root}")
+                                    f"{self.global_step}; resume with "
+                                    f"`{resume_command(self.run_dir)}`")
             elif self.cfg.eval.at_end and self.cfg.eval.episodes > 0:
                 self.final_report = self.evaluate("final", record=self.cfg.eval.video_episodes)
                 if not every_eval:  # the only candidate; with periodic evaluations the last one ranked it
@@ -389,7 +431,8 @@ class BCTrainer:
             self.save(name="best")
 
     def save(self, name: Optional[str] = None) -> Path:
-        """A checkpoint in the PPO trainer's format (``state.json`` says ``algo: bc``; no env state to resume)."""
+        """A checkpoint in the PPO trainer's format (``state.json`` says ``algo: bc``; no env state), with the
+        optimizer, RNG and minibatch-order state that ``resume=`` continues from."""
         self.logger.writer.flush()
         weights = self.model.trainable_state_dict()
         broken = [key for key, value in weights.items() if value.is_floating_point() and
@@ -404,6 +447,7 @@ class BCTrainer:
             "global_step": self.global_step,
             "update_index": self.update_index,
             "num_envs": 0,
+            "num_samples": self.num_samples,
             "backbone": self.model.backbone.identity(),
             "state_dim": self.state_dim,
             "action_dim": self.action_dim,
@@ -414,5 +458,6 @@ class BCTrainer:
         }
         return ckpt.save_checkpoint(
             self.checkpoint_root, name or f"update_{self.update_index:06d}", weights=weights,
-            trainer_state={"optimizer": self.optimizer.state_dict(), "rng": rng_tensors()}, state=state,
+            trainer_state={"optimizer": self.optimizer.state_dict(), "rng": rng_tensors(),
+                                                         "sample_orders": list(self._orders)}, state=state,
             config_yaml=OmegaConf.to_yaml(self.cfg), keep=self.cfg.checkpoint.keep, update_latest=name is None)

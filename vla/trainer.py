@@ -767,8 +767,9 @@ class Trainer:
         the env states came back exactly."""
         state, trainer_state = loaded["state"], loaded["trainer"]
         if state.get("algo", "ppo") != "ppo":
-            raise ckpt.CheckpointError(f"checkpoint {loaded['path']} was written by algo={state['algo']}; resume= "
-                                       f"continues PPO runs: start PPO from it with init_from={loaded['path']}")
+            raise ckpt.CheckpointError(f"checkpoint {loaded['path']} was written by algo={state['algo']}: start PPO "
+                                       f"from it with init_from={loaded['path']}, or continue that run with "
+                                       f"`{resume_command(loaded['path'].parent.parent)}`")
         try:
             ckpt.check_compatible(state, backbone_identity=self.model.backbone.identity(),
                                   state_dim=self.state_dim, action_dim=self.action_dim, path=loaded["path"])
