@@ -180,7 +180,7 @@ class BCTrainer:
             if split is not None and not all(np.isfinite(v).all() for k, v in split["obs"].items()
                                              if k != "instruction" and v.dtype.kind == "f"):
                 raise DatasetError(f"dataset {sources} holds NaN/inf observations")
-        # The state normalizer comes from the training demos (unless init_from brought one along).
+        # The state normalizer comes from the training demos (unless init_from or resume= brought one along).
         self.train_data = self.model_inputs(train, fit_normalizer=not (cfg.init_from or resume_from))
         self.valid_data = self.model_inputs(valid, fit_normalizer=False) if valid is not None else None
         self.num_samples = len(self.train_data["actions"])
@@ -235,9 +235,9 @@ class BCTrainer:
         the same gradient steps it would have taken."""
         state, trainer_state = loaded["state"], loaded["trainer"]
         if state.get("num_samples", self.num_samples) != self.num_samples:
-            raise DatasetError(f"the demos changed since checkpoint {loaded['path']} was written ({state['num_samples']} "
-                               f"training steps then, {self.num_samples} now); start a new run from it with "
-                               f"init_from={loaded['path']}")
+            raise DatasetError(f"the demos changed since checkpoint {loaded['path']} was written "
+                               f"({state['num_samples']} training steps then, {self.num_samples} now); start a new "
+                               f"run from it with init_from={loaded['path']}")
         self.optimizer.load_state_dict(trainer_state["optimizer"])
         self.global_step, self.update_index = state["global_step"], state["update_index"]
         self.best_eval = state.get("best_eval")
@@ -385,8 +385,7 @@ class BCTrainer:
                     self.save()
             if self.stop_signal is not None:
                 self.logger.message(f"stopped by {signal.Signals(self.stop_signal).name} at gradient step "
-                                    f"{self.global_step}; resume with "
-                                    f"`{resume_command(self.run_dir)}`")
+                                    f"{self.global_step}; resume with `{resume_command(self.run_dir)}`")
             elif self.cfg.eval.at_end and self.cfg.eval.episodes > 0:
                 self.final_report = self.evaluate("final", record=self.cfg.eval.video_episodes)
                 if not every_eval:  # the only candidate; with periodic evaluations the last one ranked it
@@ -459,5 +458,5 @@ class BCTrainer:
         return ckpt.save_checkpoint(
             self.checkpoint_root, name or f"update_{self.update_index:06d}", weights=weights,
             trainer_state={"optimizer": self.optimizer.state_dict(), "rng": rng_tensors(),
-                                                         "sample_orders": list(self._orders)}, state=state,
+                           "sample_orders": list(self._orders)}, state=state,
             config_yaml=OmegaConf.to_yaml(self.cfg), keep=self.cfg.checkpoint.keep, update_latest=name is None)
