@@ -122,9 +122,9 @@ class BCTrainer:
         torch.use_deterministic_algorithms(cfg.deterministic_torch)
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg.device)
-        resume_from = ckpt.load_checkpoint(ckpt.resolve_checkpoint(cfg.resume)) if cfg.resume else None
+        resume_from = ckpt.load_checkpoint(cfg.resume) if cfg.resume else None
         # On resume, everything (checkpoints, tensorboard) continues in the original run directory.
-        self.run_dir = run_dir = resume_from["path"].parent.parent if resume_from else run_dir
+        self.run_dir = run_dir = ckpt.run_directory(resume_from["path"]) if resume_from else run_dir
         self.checkpoint_root = run_dir / "checkpoints"
         paths = [cfg.dataset] if isinstance(cfg.dataset, str) else list(cfg.dataset)
         if not paths:
@@ -217,18 +217,17 @@ class BCTrainer:
     def check_resumable(self, loaded: Dict[str, Any]) -> None:
         """``resume=``: refuse a PPO checkpoint, or a BC run on other demos (its sample order and normalizer
         statistics belong to those)."""
-        state = loaded["state"]
-        run = loaded["path"].parent.parent
+        state = loaded["state"]  # self.run_dir is already the checkpoint's run
         if state.get("algo", "ppo") != "bc":
             raise ckpt.CheckpointError(f"checkpoint {loaded['path']} was written by algo={state.get('algo', 'ppo')}; "
                                        f"algo=bc resumes BC runs only: continue that run with "
-                                       f"`{resume_command(run)}`")
+                                       f"`{resume_command(self.run_dir)}`")
         recorded = state["dataset"] if isinstance(state["dataset"], list) else [state["dataset"]]
-        if recorded != [str(path) for path in self.dataset_paths]:
-            raise ConfigError(f"checkpoint {loaded['path']} is from a BC run on dataset={recorded}, not "
-                              f"{[str(path) for path in self.dataset_paths]}: continue it with "
-                              f"`{resume_command(run)}`, or start a new run on these demos from it with "
-                              f"init_from={loaded['path']}")
+        current = [str(path) for path in self.dataset_paths]
+        if recorded != current:
+            raise ConfigError(f"checkpoint {loaded['path']} is from a BC run on dataset={recorded}, not {current}: "
+                              f"continue it with `{resume_command(self.run_dir)}`, or start a new run on these "
+                              f"demos from it with init_from={loaded['path']}")
 
     def _restore(self, loaded: Dict[str, Any]) -> None:
         """Optimizer, counters, the minibatch order and every RNG of the interrupted run: the resumed run takes

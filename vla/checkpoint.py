@@ -172,6 +172,11 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     raise CheckpointError(f"no intact checkpoint under {root}: {detail}")
 
 
+def run_directory(checkpoint_dir: Path) -> Path:
+    """The run directory a checkpoint belongs to (``<run>/checkpoints/<name>``)."""
+    return checkpoint_dir.parent.parent
+
+
 def load_checkpoint(checkpoint_dir: Path, map_location: str | torch.device = "cpu") -> Dict[str, Any]:
     """Load a verified checkpoint: {"weights", "trainer", "state", "config_yaml", "path"}."""
     checkpoint_dir = resolve_checkpoint(checkpoint_dir)

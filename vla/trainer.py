@@ -391,9 +391,9 @@ class Trainer:
 
         if cfg.eval.heldout:
             split_env_config(cfg.env, "heldout")  # an env without splits fails now, not at the first evaluation
-        resume_from = ckpt.load_checkpoint(ckpt.resolve_checkpoint(cfg.resume)) if cfg.resume else None
+        resume_from = ckpt.load_checkpoint(cfg.resume) if cfg.resume else None
         # On resume, everything (checkpoints, tensorboard) continues in the original run directory.
-        self.run_dir = resume_from["path"].parent.parent if resume_from else run_dir
+        self.run_dir = ckpt.run_directory(resume_from["path"]) if resume_from else run_dir
         self.checkpoint_root = self.run_dir / "checkpoints"
         # Training and evaluation envs run at the curriculum's current stage (on resume: the checkpoint's).
         self.curriculum = Curriculum(cfg) if cfg.curriculum.enabled else None
@@ -769,7 +769,7 @@ class Trainer:
         if state.get("algo", "ppo") != "ppo":
             raise ckpt.CheckpointError(f"checkpoint {loaded['path']} was written by algo={state['algo']}: start PPO "
                                        f"from it with init_from={loaded['path']}, or continue that run with "
-                                       f"`{resume_command(loaded['path'].parent.parent)}`")
+                                       f"`{resume_command(ckpt.run_directory(loaded['path']))}`")
         try:
             ckpt.check_compatible(state, backbone_identity=self.model.backbone.identity(),
                                   state_dim=self.state_dim, action_dim=self.action_dim, path=loaded["path"])
