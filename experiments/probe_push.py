@@ -87,9 +87,25 @@ def probe_episode(model, env, seed: int, position_error: float = 0.0, position_n
         closest = min(closest, float(np.linalg.norm(measures.hand - approach)))
         behind_steps += geometry.behind
     end = base.measures().target
-    return {"success": bool(info["success"]), "steps": steps, "moved": float(np.linalg.norm(end[:2] - start[:2])),
+    return {"success": bool(info["success"]), "object": info["object"], "steps": steps,
+            "moved": float(np.linalg.norm(end[:2] - start[:2])),
             "closest": closest, "behind_steps": behind_steps, "off_table": bool(end[2] < 0.0),
             "at_bound": bound_steps / steps, "aux_errors": aux_errors}
+
+
+def outcomes_by_object(rows) -> list:
+    """Per named-object shape: episodes, successes, and the failures by kind (knocked off the table, never
+    moved, moved but not into the zone). A ball knocked off its line keeps rolling (the objects have no rolling
+    friction), so knock-offs gather on balls."""
+    cells = []
+    for shape in sorted({r["object"] for r in rows}):
+        mine = [r for r in rows if r["object"] == shape]
+        failed = [r for r in mine if not r["success"]]
+        off = sum(r["off_table"] for r in failed)
+        unmoved = sum(r["moved"] < UNMOVED and not r["off_table"] for r in failed)
+        cells.append(f"{shape} {len(mine) - len(failed)}/{len(mine)} (failures: {off} knocked off, {unmoved} never "
+                     f"moved, {len(failed) - off - unmoved} moved short or wide)")
+    return cells
 
 
 def aux_position_errors(model, tensors, privileged: np.ndarray):
@@ -124,10 +140,11 @@ def main(argv) -> None:
                                 expert=use_expert)
             rows.append(row)
             aux_errors += row.pop("aux_errors")
-            print(f"seed {seed + episode}: success {int(row['success'])}, {row['steps']} steps, object moved "
-                  f"{100 * row['moved']:.1f} cm, hand's closest to the approach point {100 * row['closest']:.1f} cm, "
-                  f"{row['behind_steps']} steps behind the object, {row['at_bound']:.0%} of steps at the action "
-                  f"bound{', knocked off the table' if row['off_table'] else ''}")
+            off_table = ", knocked off the table" if row["off_table"] else ""
+            print(f"seed {seed + episode}: {row['object']}, success {int(row['success'])}, {row['steps']} steps, "
+                  f"object moved {100 * row['moved']:.1f} cm, hand's closest to the approach point "
+                  f"{100 * row['closest']:.1f} cm, {row['behind_steps']} steps behind the object, "
+                  f"{row['at_bound']:.0%} of steps at the action bound{off_table}")
     finally:
         env.close()
     successes = sum(r["success"] for r in rows)
@@ -137,6 +154,7 @@ def main(argv) -> None:
     print(f"{successes}/{episodes} successes; object never moved in {unmoved}, knocked off the table in {off_table}; "
           f"hand within 3 cm of the approach point in {near}; mean steps behind the object "
           f"{np.mean([r['behind_steps'] for r in rows]):.1f}")
+    print("by named object: " + "; ".join(outcomes_by_object(rows)))
     if aux_errors:
         errors = np.array(aux_errors)
         on_table = errors[:, 2].astype(bool)

@@ -146,3 +146,17 @@ def test_probe_push_reads_the_auxiliary_heads_positions_in_metres(norm_state):
     object_error, goal_error, _ = probe_push.aux_position_errors(model, one, batch["privileged"][0])
     scale = float(torch.sqrt(model.privileged_rms.var.mean() + 1e-8)) if norm_state else 1.0
     assert object_error == pytest.approx(scale, rel=1e-4) and goal_error == pytest.approx(0.0, abs=1e-5)
+
+
+def test_probe_push_sorts_failures_by_named_object_and_kind():
+    # A knocked-off object moved far, and is counted as knocked off only, not as moved short; an object that
+    # never moved on the table is counted as never moved; the rest moved short of or wide of the zone.
+    probe_push = load_experiment("probe_push")
+    rows = [{"object": "sphere", "success": True, "moved": 0.2, "off_table": False},
+            {"object": "sphere", "success": False, "moved": 2.5, "off_table": True},
+            {"object": "sphere", "success": False, "moved": 0.0, "off_table": False},
+            {"object": "box", "success": False, "moved": 0.05, "off_table": False},
+            {"object": "box", "success": True, "moved": 0.15, "off_table": False}]
+    assert probe_push.outcomes_by_object(rows) == [
+        "box 1/2 (failures: 0 knocked off, 0 never moved, 1 moved short or wide)",
+        "sphere 1/3 (failures: 1 knocked off, 1 never moved, 0 moved short or wide)"]
