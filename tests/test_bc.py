@@ -84,6 +84,43 @@ def test_bc_fine_tunes_the_image_tower_from_the_frames_themselves(tmp_path):
     trainer.logger.close()
 
 
+def test_a_frozen_tower_clone_starts_a_clone_that_fine_tunes_the_tower_at_its_own_learning_rate(tmp_path):
+    """init_from a frozen-tower clone into backbone.train_image_tower=true: the heads come from the clone, the
+    tower from the package; algo.image_tower_learning_rate gives the tower its own rate, annealed with the
+    rest. Not the reverse (the tuned tower is not the package's), and the rate alone, with nothing to tune, is
+    refused."""
+    path = tmp_path / "push.hdf5"
+    record_demos(demos_config("env=tabletop_push", "episodes=1", "valid_fraction=0", "progress=false"), path)
+    common = ["env=tabletop_push", "algo=bc", f"dataset={path}", "backbone=towers", "backbone.hidden_size=16",
+              "policy=gaussian_mlp", "algo.steps_per_update=5", "algo.gradient_steps=10", "progress=false"]
+    frozen = BCTrainer(train_config(*common), tmp_path / "frozen")
+    frozen.train_one_update()
+    clone = frozen.save()
+    frozen.logger.close()
+    tuned = BCTrainer(train_config(*common, "backbone.train_image_tower=true", f"init_from={clone}",
+                                   "algo.learning_rate=2e-3", "algo.image_tower_learning_rate=1e-4"),
+                      tmp_path / "tuned")
+    for name, weight in frozen.model.expert.state_dict().items():
+        assert torch.equal(tuned.model.expert.state_dict()[name], weight), name
+    package_tower = frozen.model.backbone.towers["image"].state_dict()
+    assert all(torch.equal(weight, package_tower[name])
+               for name, weight in tuned.model.backbone.towers["image"].state_dict().items())
+    tower_ids = {id(p) for p in tuned.model.backbone.towers["image"].parameters()}
+    groups = tuned.optimizer.param_groups
+    assert [group["lr"] for group in groups] == [2e-3, 1e-4]
+    assert {id(p) for p in groups[1]["params"]} == tower_ids and not tower_ids & {id(p) for p in groups[0]["params"]}
+    tuned.train_one_update()  # 5 of 10 steps: both rates annealed alike
+    assert groups[0]["lr"] == pytest.approx(2e-3 * 0.6) and groups[1]["lr"] == pytest.approx(1e-4 * 0.6)
+    assert not all(torch.equal(weight, package_tower[name])
+                   for name, weight in tuned.model.backbone.towers["image"].state_dict().items())
+    tuned_clone = tuned.save()
+    tuned.logger.close()
+    with pytest.raises(ckpt.CheckpointError, match="image_tower_trained"):
+        BCTrainer(train_config(*common, f"init_from={tuned_clone}"), tmp_path / "back")
+    with pytest.raises(ConfigError, match="backbone.train_image_tower=true"):
+        BCTrainer(train_config(*common, "algo.image_tower_learning_rate=1e-4"), tmp_path / "nothing")
+
+
 def test_bc_trains_the_auxiliary_privileged_head_beside_the_nll_and_ppo_from_it_may_leave_it_out(tmp_path):
     path = tmp_path / "push.hdf5"
     record_demos(demos_config("env=tabletop_push", "env.privileged_obs=true", "episodes=2", "valid_fraction=0",

@@ -167,8 +167,8 @@ class BCTrainer:
             self.model.load_trainable_state_dict(resume_from["weights"], str(resume_from["path"]))
         elif cfg.init_from:
             load_initial_weights(self.model, cfg.init_from, self.state_dim, self.action_dim)
-        self.optimizer = torch.optim.Adam(self.model.actor_parameters(), lr=self.algo.learning_rate,
-                                          eps=self.algo.adam_eps, weight_decay=self.algo.weight_decay)
+        self.optimizer = torch.optim.Adam(self.parameter_groups(), eps=self.algo.adam_eps,
+                                          weight_decay=self.algo.weight_decay)
 
         keys = [key for key in obs_space.spaces]
         chunk = self.model.actions_per_decision
@@ -237,7 +237,14 @@ class BCTrainer:
             raise DatasetError(f"the demos changed since checkpoint {loaded['path']} was written "
                                f"({state['num_samples']} training steps then, {self.num_samples} now); start a new "
                                f"run from it with init_from={loaded['path']}")
+        saved_groups = len(trainer_state["optimizer"]["param_groups"])
+        if saved_groups != len(self.optimizer.param_groups):
+            raise ConfigError(f"checkpoint {loaded['path']} was written with {saved_groups} learning rate group(s), "
+                              f"this run has {len(self.optimizer.param_groups)}: algo.image_tower_learning_rate was "
+                              "set in one and not the other; resume with the setting the run started with")
         self.optimizer.load_state_dict(trainer_state["optimizer"])
+        for group in self.optimizer.param_groups:  # checkpoints from before the groups kept their starting rate
+            group.setdefault("initial_lr", self.algo.learning_rate)
         self.global_step, self.update_index = state["global_step"], state["update_index"]
         self.best_eval = state.get("best_eval")
         orders = trainer_state.get("sample_orders")
@@ -320,6 +327,22 @@ class BCTrainer:
             metrics["losses/bc_valid_privileged_aux"] = aux / count
         return metrics
 
+    def parameter_groups(self) -> List[Dict[str, Any]]:
+        """The optimizer's groups: everything the actor trains at ``algo.learning_rate``, except a fine-tuned
+        image tower at ``algo.image_tower_learning_rate`` when that is set."""
+        tower_lr = self.algo.image_tower_learning_rate
+        tower = {id(p) for name, p in self.model.named_parameters()
+                 if name.startswith("backbone.towers.image.") and p.requires_grad}
+        if tower_lr is not None and not tower:
+            raise ConfigError(f"algo.image_tower_learning_rate={tower_lr} is set, but nothing trains an image tower "
+                              "here: set backbone.train_image_tower=true (backbone=towers, a camera env), or drop it")
+        params = self.model.actor_parameters()
+        groups = [{"params": [p for p in params if id(p) not in tower] if tower_lr is not None else params,
+                   "lr": self.algo.learning_rate, "initial_lr": self.algo.learning_rate}]
+        if tower_lr is not None:
+            groups.append({"params": [p for p in params if id(p) in tower], "lr": tower_lr, "initial_lr": tower_lr})
+        return groups
+
     # ----------------------------------------------------------------------------------------- update
     def train_one_update(self) -> Dict[str, float]:
         start = time.perf_counter()
@@ -327,8 +350,8 @@ class BCTrainer:
         steps = skipped = 0
         for _ in range(self.algo.steps_per_update):
             if self.algo.anneal_lr:
-                self.optimizer.param_groups[0]["lr"] = self.algo.learning_rate * (
-                    1.0 - self.global_step / self.total_steps)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = group["initial_lr"] * (1.0 - self.global_step / self.total_steps)
             nll, mse, dist = self.losses(self.train_data, self.next_batch())
             aux = self.model.aux_loss
             loss = nll if aux is None else nll + self.algo.privileged_aux_coef * aux
@@ -410,7 +433,8 @@ class BCTrainer:
         identity = {"path": str(self.checkpoint_root), "global_step": self.global_step,
                     "update": self.update_index, "backbone": self.model.backbone.identity()}
         report = evaluate_policy(
-            self.model, self.cfg.env, self.run_dir / "eval" / name, episodes=ecfg.episodes, seed=ecfg.seed if seed is None else seed,
+            self.model, self.cfg.env, self.run_dir / "eval" / name, episodes=ecfg.episodes,
+            seed=ecfg.seed if seed is None else seed,
             num_envs=ecfg.num_envs or self.cfg.num_envs, deterministic=ecfg.deterministic, checkpoint=identity,
             config=OmegaConf.to_container(self.cfg, resolve=True), record=record, fps=ecfg.video_fps,
             writer=self.logger.writer, step=self.global_step, heldout=ecfg.heldout)

@@ -396,6 +396,9 @@ class BCConfig(AlgoConfig):
     labelled_fraction: Optional[float] = None
     # Adam learning rate of the action expert and any trainable backbone part.
     learning_rate: float = 1e-3
+    # With backbone.train_image_tower=true: the image tower's own learning rate (None: learning_rate), annealed
+    # as learning_rate is. A clone started from a frozen-tower clone (init_from) can fine-tune its tower gently.
+    image_tower_learning_rate: Optional[float] = None
     adam_eps: float = 1e-8
     weight_decay: float = 0.0
     # Anneal the learning rate linearly to zero over the run.

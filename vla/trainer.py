@@ -49,9 +49,19 @@ def load_initial_weights(model: ActorCritic, path: str, state_dim: int, action_d
     """``init_from``: load the trainable weights and normalizer statistics of a BC or PPO checkpoint (or a run
     directory's latest) into ``model``; refuses one made for another backbone, state or action size (naming
     both sides) or with other heads, except for the auxiliary privileged-state head, left out where this run has
-    none. Returns the loaded checkpoint."""
+    none. A checkpoint of a frozen image tower may start a run that fine-tunes it (not the reverse). Returns the
+    loaded checkpoint."""
     loaded = ckpt.load_checkpoint(path)
-    ckpt.check_compatible(loaded["state"], backbone_identity=model.backbone.identity(), state_dim=state_dim,
+    identity, package_tower = model.backbone.identity(), {}
+    if identity.get("image_tower_trained") and "image_tower_trained" not in (loaded["state"].get("backbone") or {}):
+        # A policy trained on the frozen tower starts a run that fine-tunes it: the tower starts from the
+        # package's weights, the ones that policy saw.
+        identity = {key: value for key, value in identity.items() if key != "image_tower_trained"}
+        package_tower = {name: tensor for name, tensor in model.trainable_state_dict().items()
+                         if name.startswith("backbone.towers.image.")}
+        print(f"init_from: {loaded['path']} was trained on the frozen image tower; this run fine-tunes it from "
+              "the package's weights", flush=True)
+    ckpt.check_compatible(loaded["state"], backbone_identity=identity, state_dim=state_dim,
                           action_dim=action_dim, path=loaded["path"])
     trained_norm_state = OmegaConf.create(loaded["config_yaml"]).algo.get("norm_state")
     if trained_norm_state is not None and trained_norm_state != model.norm_state:
@@ -68,7 +78,7 @@ def load_initial_weights(model: ActorCritic, path: str, state_dim: int, action_d
         weights = {name: tensor for name, tensor in weights.items() if name not in left_out}
         print(f"init_from: {', '.join(sorted({n.split('.')[0] for n in left_out}))} of {loaded['path']} not "
               "loaded (algo.privileged_aux_coef=0 here)", flush=True)
-    model.load_trainable_state_dict(weights, str(loaded["path"]))
+    model.load_trainable_state_dict({**package_tower, **weights}, str(loaded["path"]))
     return loaded
 
 
