@@ -87,8 +87,8 @@ def test_bc_fine_tunes_the_image_tower_from_the_frames_themselves(tmp_path):
 def test_a_frozen_tower_clone_starts_a_clone_that_fine_tunes_the_tower_at_its_own_learning_rate(tmp_path):
     """init_from a frozen-tower clone into backbone.train_image_tower=true: the heads come from the clone, the
     tower from the package; algo.image_tower_learning_rate gives the tower its own rate, annealed with the
-    rest. Not the reverse (the tuned tower is not the package's), and the rate alone, with nothing to tune, is
-    refused."""
+    rest. Refused: the reverse (the tuned tower is not the package's), the rate with nothing to tune, and
+    resuming with the rate set where the run had none (or the reverse)."""
     path = tmp_path / "push.hdf5"
     record_demos(demos_config("env=tabletop_push", "episodes=1", "valid_fraction=0", "progress=false"), path)
     common = ["env=tabletop_push", "algo=bc", f"dataset={path}", "backbone=towers", "backbone.hidden_size=16",
@@ -115,6 +115,9 @@ def test_a_frozen_tower_clone_starts_a_clone_that_fine_tunes_the_tower_at_its_ow
                    for name, weight in tuned.model.backbone.towers["image"].state_dict().items())
     tuned_clone = tuned.save()
     tuned.logger.close()
+    with pytest.raises(ConfigError, match="algo.image_tower_learning_rate was set in one and not the other"):
+        BCTrainer(train_config(*common, "backbone.train_image_tower=true", f"resume={tmp_path / 'tuned'}"),
+                  tmp_path / "tuned")
     with pytest.raises(ckpt.CheckpointError, match="image_tower_trained"):
         BCTrainer(train_config(*common, f"init_from={tuned_clone}"), tmp_path / "back")
     with pytest.raises(ConfigError, match="backbone.train_image_tower=true"):
