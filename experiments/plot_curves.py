@@ -21,6 +21,7 @@ def main() -> None:
     parser.add_argument("--tags", nargs="+", default=["eval/success_rate", "train/success_rate"])
     parser.add_argument("--labels", nargs="+", help="one per run (default: the directory names)")
     parser.add_argument("--title", default="")
+    parser.add_argument("--xlabel", default="env steps", help="BC runs log against gradient steps")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     import matplotlib
@@ -35,7 +36,7 @@ def main() -> None:
             curve = read_curve(run, tag)
             if curve is not None:
                 ax.plot(curve[:, 0], curve[:, 1], marker="o" if len(curve) < 30 else None, label=label)
-        ax.set_xlabel("env steps")
+        ax.set_xlabel(args.xlabel)
         ax.set_ylabel(tag)
         if "success" in tag:
             ax.set_ylim(-0.02, 1.02)
