@@ -140,11 +140,11 @@ def main(argv) -> None:
                                 expert=use_expert)
             rows.append(row)
             aux_errors += row.pop("aux_errors")
-            off_table = ", knocked off the table" if row["off_table"] else ""
+            knocked_off = ", knocked off the table" if row["off_table"] else ""
             print(f"seed {seed + episode}: {row['object']}, success {int(row['success'])}, {row['steps']} steps, "
                   f"object moved {100 * row['moved']:.1f} cm, hand's closest to the approach point "
                   f"{100 * row['closest']:.1f} cm, {row['behind_steps']} steps behind the object, "
-                  f"{row['at_bound']:.0%} of steps at the action bound{off_table}")
+                  f"{row['at_bound']:.0%} of steps at the action bound{knocked_off}")
     finally:
         env.close()
     successes = sum(r["success"] for r in rows)

@@ -28,6 +28,7 @@ from torch import nn
 from envs import make_env
 from vla import checkpoint as ckpt
 from vla.actor_critic import ActorCritic
+from vla.backbones.towers import IMAGE_TOWER_WEIGHTS
 from vla.demos import DatasetError, DemoDataset, merge_datasets, read_dataset
 from vla.errors import ConfigError, TrainingDivergedError
 from vla.evaluate import evaluate_policy, report_scalars, split_env_config
@@ -330,18 +331,17 @@ class BCTrainer:
     def parameter_groups(self) -> List[Dict[str, Any]]:
         """The optimizer's groups: everything the actor trains at ``algo.learning_rate``, except a fine-tuned
         image tower at ``algo.image_tower_learning_rate`` when that is set."""
-        tower_lr = self.algo.image_tower_learning_rate
+        lr, tower_lr = self.algo.learning_rate, self.algo.image_tower_learning_rate
+        params = self.model.actor_parameters()
+        if tower_lr is None:
+            return [{"params": params, "lr": lr, "initial_lr": lr}]
         tower = {id(p) for name, p in self.model.named_parameters()
-                 if name.startswith("backbone.towers.image.") and p.requires_grad}
-        if tower_lr is not None and not tower:
+                 if name.startswith(IMAGE_TOWER_WEIGHTS) and p.requires_grad}
+        if not tower:
             raise ConfigError(f"algo.image_tower_learning_rate={tower_lr} is set, but nothing trains an image tower "
                               "here: set backbone.train_image_tower=true (backbone=towers, a camera env), or drop it")
-        params = self.model.actor_parameters()
-        groups = [{"params": [p for p in params if id(p) not in tower] if tower_lr is not None else params,
-                   "lr": self.algo.learning_rate, "initial_lr": self.algo.learning_rate}]
-        if tower_lr is not None:
-            groups.append({"params": [p for p in params if id(p) in tower], "lr": tower_lr, "initial_lr": tower_lr})
-        return groups
+        return [{"params": [p for p in params if id(p) not in tower], "lr": lr, "initial_lr": lr},
+                {"params": [p for p in params if id(p) in tower], "lr": tower_lr, "initial_lr": tower_lr}]
 
     # ----------------------------------------------------------------------------------------- update
     def train_one_update(self) -> Dict[str, float]:

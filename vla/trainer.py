@@ -23,6 +23,7 @@ from policies import actions_per_decision
 from policies.gaussian import set_action_std
 from vla import checkpoint as ckpt
 from vla.actor_critic import ActorCritic
+from vla.backbones.towers import IMAGE_TOWER_WEIGHTS
 from vla.curriculum import Curriculum
 from vla.errors import ConfigError, EnvFailureError, TrainingDivergedError
 from vla.evaluate import evaluate_policy, report_scalars, split_env_config
@@ -58,7 +59,7 @@ def load_initial_weights(model: ActorCritic, path: str, state_dim: int, action_d
         # package's weights, the ones that policy saw.
         identity = {key: value for key, value in identity.items() if key != "image_tower_trained"}
         package_tower = {name: tensor for name, tensor in model.trainable_state_dict().items()
-                         if name.startswith("backbone.towers.image.")}
+                         if name.startswith(IMAGE_TOWER_WEIGHTS)}
         print(f"init_from: {loaded['path']} was trained on the frozen image tower; this run fine-tunes it from "
               "the package's weights", flush=True)
     ckpt.check_compatible(loaded["state"], backbone_identity=identity, state_dim=state_dim,

