@@ -6,6 +6,9 @@ was lost (the cube back below 4 cm), how:
   the arm brought the held cube back down;
 - ``dropped``: the cube left the fingers (it slid out while the arm moved, or the gripper opened).
 
+Where the time to the first lift goes: the step the gripper first grasps the cube, and the steps from there to
+the lift (the scripted expert closes its fingers for 10 steps before it rises).
+
 It also reports the cube's highest point, the share of steps with the arm's action at its bound (OSC_POSE: a
 5 cm step) and how often the gripper command changes sign after the first lift (robosuite's Panda gripper moves
 its fingers by a fixed amount in the direction of the action's sign: a command that flips every step holds a
@@ -52,7 +55,8 @@ def probe_episode(model, env, seed: int) -> dict:
         bound.append(bool(np.abs(action[:-1]).max() >= AT_BOUND))
     successes = np.array(successes)
     row = {"success": bool(successes[-1]), "lifted": bool(successes.any()), "max_height": max(heights),
-           "at_bound": float(np.mean(bound)), "first_lift": None, "sign_flips": None, "losses": []}
+           "at_bound": float(np.mean(bound)), "first_lift": None, "sign_flips": None, "losses": [],
+           "first_grasp": int(np.argmax(grasped)) + 1 if any(grasped) else None}
     if row["lifted"]:
         first = int(np.argmax(successes))
         row["first_lift"] = first + 1
@@ -81,10 +85,11 @@ def main(argv) -> None:
         for episode in range(episodes):
             row = probe_episode(model, env, seed + episode)
             rows.append(row)
+            grasp = f"first grasp at step {row['first_grasp']}, " if row["first_grasp"] else "never grasped, "
             lift = (f"first lift at step {row['first_lift']}, gripper sign flips on {row['sign_flips']:.0%} of later "
                     f"steps" if row["lifted"] else "never lifted")
             losses = "".join(f", {how} at step {step}" for step, how in row["losses"])
-            print(f"seed {seed + episode}: success {int(row['success'])}, {lift}{losses}, cube up to "
+            print(f"seed {seed + episode}: success {int(row['success'])}, {grasp}{lift}{losses}, cube up to "
                   f"{100 * row['max_height']:.0f} cm, arm at the action bound in {row['at_bound']:.0%} of steps")
     finally:
         env.close()
@@ -99,6 +104,11 @@ def main(argv) -> None:
         print(f"lifted episodes: cube up to {100 * np.median([r['max_height'] for r in lifted]):.0f} cm (median), "
               f"gripper sign flips on {np.mean([r['sign_flips'] for r in lifted]):.0%} of steps after the lift, "
               f"arm at the action bound in {np.mean([r['at_bound'] for r in lifted]):.0%} of steps")
+        grasped_first = [r for r in lifted if r["first_grasp"] and r["first_grasp"] <= r["first_lift"]]
+        print(f"lifted episodes: first lift at step {np.mean([r['first_lift'] for r in lifted]):.1f} (mean); in the "
+              f"{len(grasped_first)} that grasped before they lifted, first grasp at step "
+              f"{np.mean([r['first_grasp'] for r in grasped_first]):.1f} and "
+              f"{np.mean([r['first_lift'] - r['first_grasp'] for r in grasped_first]):.1f} steps from there to the lift")
 
 
 if __name__ == "__main__":

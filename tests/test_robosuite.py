@@ -317,5 +317,7 @@ def test_probe_lift_tells_a_lowered_cube_from_a_dropped_one(after, how):
     finally:
         env.close()
     assert row["lifted"] and not row["success"] and row["first_lift"] is not None
+    # The expert closes its fingers on the cube before it rises: the probe sees the grasp first.
+    assert row["first_grasp"] is not None and row["first_grasp"] < row["first_lift"]
     assert [loss for _, loss in row["losses"]] == [how], row
     assert row["max_height"] > 0.04
