@@ -105,10 +105,11 @@ def main(argv) -> None:
               f"gripper sign flips on {np.mean([r['sign_flips'] for r in lifted]):.0%} of steps after the lift, "
               f"arm at the action bound in {np.mean([r['at_bound'] for r in lifted]):.0%} of steps")
         grasped_first = [r for r in lifted if r["first_grasp"] and r["first_grasp"] <= r["first_lift"]]
-        print(f"lifted episodes: first lift at step {np.mean([r['first_lift'] for r in lifted]):.1f} (mean); in the "
-              f"{len(grasped_first)} that grasped before they lifted, first grasp at step "
-              f"{np.mean([r['first_grasp'] for r in grasped_first]):.1f} and "
-              f"{np.mean([r['first_lift'] - r['first_grasp'] for r in grasped_first]):.1f} steps from there to the lift")
+        timing = (f"; in the {len(grasped_first)} that grasped before they lifted, first grasp at step "
+                  f"{np.mean([r['first_grasp'] for r in grasped_first]):.1f} and "
+                  f"{np.mean([r['first_lift'] - r['first_grasp'] for r in grasped_first]):.1f} steps from there to "
+                  "the lift" if grasped_first else "; none grasped before it lifted")
+        print(f"lifted episodes: first lift at step {np.mean([r['first_lift'] for r in lifted]):.1f} (mean){timing}")
 
 
 if __name__ == "__main__":
